@@ -1,0 +1,482 @@
+"""The daemon configuration: `config/softswitch.yaml` read into frozen, validated models.
+
+`load_config` is the way a file becomes a `Config`. It reports every problem it finds at
+once, each as `FILE:LINE: where: what is wrong (expected ...)`, so `softswitch check` and a
+reload can refuse a bad file whole and show the operator exactly where to look. Lines come
+from the composed YAML node tree, walked along pydantic's error locations.
+
+It does not open sockets, create the database or read dialplans; paths it checks (TLS
+certificate and key) are taken as written, relative ones from the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, get_args
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+Loc = tuple[int | str, ...]
+
+# One error type for every check written here; "at" extends the error's location so a
+# check on a whole model can point at the exact key that is wrong.
+_ERROR_TYPE = "softswitch"
+
+
+def _invalid(message: str, *, at: Loc = ()) -> PydanticCustomError:
+    return PydanticCustomError(_ERROR_TYPE, "{message}", {"message": message, "at": at})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, data: Any) -> Any:
+        # A section whose keys are all commented out is YAML null; the operator means defaults.
+        return {} if data is None else data
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ip_address(value))
+    except ValueError:
+        raise _invalid(f"{value!r} is not an IP address (expected e.g. 0.0.0.0 or ::)") from None
+
+
+class Listen(_Section):
+    transport: Literal["udp", "tcp", "tls"]
+    address: Annotated[str, AfterValidator(_ip)]
+    port: int = Field(ge=1, le=65535)
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Self:
+        for name in ("cert", "key"):
+            path: Path | None = getattr(self, name)
+            if self.transport != "tls":
+                if path is not None:
+                    raise _invalid(f"{name} is only used with transport tls", at=(name,))
+            elif path is None:
+                raise _invalid(f"transport tls needs {name}: /path/to/file", at=(name,))
+            elif not path.is_file():
+                raise _invalid(f"no such file {str(path)!r} (expected the PEM {name})", at=(name,))
+        return self
+
+
+class Sip(_Section):
+    listen: tuple[Listen, ...] = Field(
+        default=(
+            Listen(transport="udp", address="127.0.0.1", port=5060),
+            Listen(transport="tcp", address="127.0.0.1", port=5060),
+        ),
+        min_length=1,
+    )
+    public_address: str | None = Field(default=None, min_length=1)
+    user_agent: str = Field(default="softswitch", min_length=1)
+
+
+class Registrar(_Section):
+    min_expires: PositiveInt = 60
+    max_expires: PositiveInt = 3600
+    default_expires: PositiveInt = 3600
+    max_contacts: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        low, default, high = self.min_expires, self.default_expires, self.max_expires
+        if not low <= default <= high:
+            raise _invalid(
+                f"min_expires {low}, default_expires {default}, max_expires {high} "
+                "(expected min_expires <= default_expires <= max_expires)",
+                at=("min_expires" if low > high else "default_expires",),
+            )
+        return self
+
+
+def _network(value: Any) -> Any:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    try:
+        # strict=False: 10.1.2.3/8 means "the /8 that 10.1.2.3 is in", not a typo to refuse.
+        return ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        raise _invalid(
+            f"got {_show(value)} (expected an IP address or network, e.g. 10.0.0.0/8)"
+        ) from None
+
+
+class Ban(_Section):
+    failures: PositiveInt = 10
+    window: PositiveInt = 60
+    duration: PositiveInt = 600
+    whitelist: tuple[Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)], ...] = ()
+
+
+class Security(_Section):
+    nonce_ttl: PositiveInt = 300
+    auth_algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(
+        default=("SHA-256", "MD5"), min_length=1
+    )
+    ban: Ban = Ban()
+
+
+class HostPort(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+
+
+def _host_port(value: Any) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    expected = 'expected host:port, e.g. 127.0.0.1:9090, or in quotes "[::1]:9090"'
+    if not isinstance(value, str):
+        raise _invalid(f"got {_show(value)} ({expected})")
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise _invalid(f"{value!r}: an IPv6 address needs brackets ({expected})")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _invalid(f"{value!r} is not host:port ({expected})")
+    return HostPort(host=host, port=int(port))
+
+
+class Http(_Section):
+    listen: Annotated[HostPort, BeforeValidator(_host_port)] = HostPort(host="127.0.0.1", port=9090)
+
+
+_SQLITE = "sqlite:///"
+_POSTGRESQL = "postgresql://"
+
+
+def _store_url(url: str) -> str:
+    if any(url.startswith(scheme) and url != scheme for scheme in (_SQLITE, _POSTGRESQL)):
+        return url
+    raise _invalid(
+        f"{url!r} is not a supported store (expected sqlite:///relative/path, "
+        "sqlite:////absolute/path or postgresql://user:password@host/database)"
+    )
+
+
+class Store(_Section):
+    url: Annotated[str, AfterValidator(_store_url)] = "sqlite:///var/softswitch.db"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file for a SQLite store (the URL's path after three slashes)."""
+        return Path(self.url.removeprefix(_SQLITE)) if self.url.startswith(_SQLITE) else None
+
+
+class Log(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def _slug(value: str) -> str:
+    if not _SLUG.fullmatch(value):
+        raise _invalid(
+            f"{value!r} is not a valid name (expected lowercase letters, digits, '-', '_')"
+        )
+    return value
+
+
+def _domain(value: str) -> str:
+    # SIP compares host names case-insensitively (RFC 3261 §19.1.4).
+    if not _DOMAIN.fullmatch(value.lower()):
+        raise _invalid(f"{value!r} is not a domain name (expected e.g. acme.example)")
+    return value.lower()
+
+
+def _int_to_str(value: Any) -> Any:
+    # `extension: 101` is an int in YAML; the loader keeps `0101` as text, so this is lossless.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _digits(value: str) -> str:
+    if not value.isascii() or not value.isdigit():
+        raise _invalid(f"{value!r} is not an extension (expected digits only, e.g. '101')")
+    return value
+
+
+class User(_Section):
+    extension: Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_digits)]
+    password: Annotated[str, BeforeValidator(_int_to_str), Field(min_length=1)]
+    # "" only when extension is missing too: _name_defaults_to_extension fills it otherwise.
+    name: str = Field(default="", min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_defaults_to_extension(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None and "extension" in data:
+            return {**data, "name": _int_to_str(data["extension"])}
+        return data
+
+
+class Tenant(_Section):
+    name: Annotated[str, AfterValidator(_slug)]
+    domain: Annotated[str, AfterValidator(_domain)]
+    users: tuple[User, ...] = ()
+    _by_extension: dict[str, User] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _index_users(self) -> Self:
+        for i, user in enumerate(self.users):
+            if user.extension in self._by_extension:
+                raise _invalid(
+                    f"duplicate extension {user.extension!r} in tenant {self.name!r}",
+                    at=("users", i, "extension"),
+                )
+            self._by_extension[user.extension] = user
+        return self
+
+    def user(self, extension: str) -> User | None:
+        return self._by_extension.get(extension)
+
+
+class Config(_Section):
+    sip: Sip = Sip()
+    registrar: Registrar = Registrar()
+    security: Security = Security()
+    http: Http = Http()
+    store: Store = Store()
+    log: Log = Log()
+    tenants: tuple[Tenant, ...] = Field(min_length=1)
+    _by_domain: dict[str, Tenant] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _index_tenants(self) -> Self:
+        names: set[str] = set()
+        for i, tenant in enumerate(self.tenants):
+            if tenant.name in names:
+                raise _invalid(f"duplicate tenant name {tenant.name!r}", at=("tenants", i, "name"))
+            if tenant.domain in self._by_domain:
+                raise _invalid(
+                    f"domain {tenant.domain!r} already belongs to tenant "
+                    f"{self._by_domain[tenant.domain].name!r}",
+                    at=("tenants", i, "domain"),
+                )
+            names.add(tenant.name)
+            self._by_domain[tenant.domain] = tenant
+        return self
+
+    def tenant_by_domain(self, domain: str) -> Tenant | None:
+        return self._by_domain.get(domain.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: Path
+    line: int | None
+    where: str  # the key path, e.g. "tenants[0].users[1].extension"; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        place = f"{self.file}:{self.line}" if self.line is not None else str(self.file)
+        where = f"{self.where}: " if self.where else ""
+        return f"{place}: {where}{self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(problems)
+        self.problems = tuple(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int | str:
+    # YAML 1.1 reads 0101 as octal 65 and 1:30 as sexagesimal 90. An operator writing
+    # `extension: 0101` or `port: 05060` never means that, so such scalars stay text and the
+    # schema decides: the extension keeps its zero, the port still parses as 5060.
+    assert isinstance(node, yaml.ScalarNode)
+    text = loader.construct_scalar(node)
+    return int(text) if _DECIMAL.fullmatch(text) else text
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the daemon configuration; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(path, None, "", f"cannot read: {exc}")]) from None
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_syntax_problem(path, exc)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(path, None, "", f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    problems = _duplicate_keys(path, root, (), set()) if root is not None else []
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # A list whose items failed also reports itself "too short" by the items left: noise.
+        problems += [
+            _validation_problem(path, root, error)
+            for error in errors
+            if error["type"] != "too_short"
+            or not any(_inside(e["loc"], error["loc"]) for e in errors)
+        ]
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda problem: problem.line or 0))
+    return config
+
+
+def _inside(loc: Loc, outer: Loc) -> bool:
+    return len(loc) > len(outer) and loc[: len(outer)] == outer
+
+
+def _syntax_problem(path: Path, exc: yaml.MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    message = f"YAML syntax error: {exc.problem or exc.context}"
+    if exc.problem and exc.context and exc.context_mark:
+        message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return Problem(path, mark.line + 1 if mark else None, "", message)
+
+
+def _duplicate_keys(path: Path, node: yaml.Node, loc: Loc, seen: set[int]) -> list[Problem]:
+    """PyYAML silently keeps the last of two equal keys; the operator meant one of them."""
+    if id(node) in seen:  # an alias revisits a node, possibly recursively
+        return []
+    seen.add(id(node))
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            # Keys are scalars here: a list or mapping key already failed to construct.
+            name, identity = key.value, (key.tag, key.value)
+            line = key.start_mark.line + 1
+            if identity in first_line:
+                message = f"duplicate key {name!r} (also at line {first_line[identity]})"
+                problems.append(Problem(path, line, _render(loc), message))
+            first_line.setdefault(identity, line)
+            problems += _duplicate_keys(path, value, (*loc, name), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(path, item, (*loc, i), seen)
+    return problems
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "path_type": "a file path",
+    "tuple_type": "a list",
+    "model_type": "a mapping of keys",
+    "greater_than": "a number greater than {gt}",
+    "greater_than_equal": "a number of at least {ge}",
+    "less_than_equal": "a number of at most {le}",
+    "literal_error": "one of {expected}",
+    "too_short": "at least {min_length} item(s)",
+    "string_too_short": "a non-empty string",
+}
+
+
+def _validation_problem(path: Path, root: yaml.Node | None, error: ErrorDetails) -> Problem:
+    ctx = error.get("ctx", {})
+    loc: Loc = (*error["loc"], *ctx.get("at", ()))
+    line, node = _locate(root, loc)
+    kind = error["type"]
+    if kind == "missing":
+        return Problem(path, line, _render(loc[:-1]), f"missing required key {loc[-1]!r}")
+    if kind == "extra_forbidden":
+        allowed = _keys_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        message = f"unknown key {loc[-1]!r} ({hint}expected one of: {', '.join(allowed)})"
+        return Problem(path, line, _render(loc[:-1]), message)
+    if kind == _ERROR_TYPE:
+        return Problem(path, line, _render(loc), str(ctx["message"]))
+    if kind not in _EXPECTED:
+        return Problem(path, line, _render(loc), error["msg"])
+    got = repr(node.value) if isinstance(node, yaml.ScalarNode) else _show(error["input"])
+    expected = _EXPECTED[kind].format(**ctx)
+    if kind == "string_type" and isinstance(node, yaml.ScalarNode) and node.style is None:
+        expected += f'; YAML reads {node.value} as another type, so write "{node.value}"'
+    return Problem(path, line, _render(loc), f"got {got} (expected {expected})")
+
+
+def _locate(root: yaml.Node | None, loc: Loc) -> tuple[int, yaml.Node | None]:
+    """The line of the deepest key or item on loc, and the node at loc if it is there."""
+    if root is None:
+        return 1, None
+    node, line = root, root.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            found = [(k, v) for k, v in node.value if getattr(k, "value", None) == part]
+            if not found:
+                return line, None
+            key, node = found[-1]  # the last one is what PyYAML kept
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line, None
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line, None
+    return line, node
+
+
+def _keys_at(loc: Loc) -> list[str]:
+    """The keys the model at loc accepts, found by following field annotations from Config."""
+    annotation: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            annotation = get_args(annotation)[0]  # tuple[Item, ...]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = annotation.model_fields[part].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _render(loc: Loc) -> str:
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return text.removeprefix(".")
+
+
+def _show(value: Any) -> str:
+    kinds = {type(None): "nothing", dict: "a mapping", list: "a list"}
+    return kinds.get(type(value), repr(value))

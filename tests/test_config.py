@@ -1,0 +1,229 @@
+"""The daemon configuration loader: the example loads, and every mistake names file:line."""
+
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+
+from switch.config import ConfigError, HostPort, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "softswitch.yaml"
+
+MINIMAL = """\
+tenants:
+  - name: acme
+    domain: acme.example
+    users:
+      - {extension: "101", password: s3cret}
+"""
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    """Load text as softswitch.yaml; return its problems with the file name cut to 'F'."""
+    path = tmp_path / "softswitch.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    rendered = str(caught.value).splitlines()
+    assert rendered == [str(problem) for problem in caught.value.problems]
+    return [line.replace(str(path), "F", 1) for line in rendered]
+
+
+def example_with(old: str, new: str) -> str:
+    text = EXAMPLE.read_text()
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def test_example_loads_with_the_documented_values() -> None:
+    config = load_config(EXAMPLE)
+    assert [(e.transport, e.address, e.port) for e in config.sip.listen] == [
+        ("udp", "127.0.0.1", 5060),
+        ("tcp", "127.0.0.1", 5060),
+    ]
+    assert config.registrar.min_expires == 60
+    assert config.security.auth_algorithms == ("SHA-256", "MD5")
+    assert config.http.listen == HostPort(host="127.0.0.1", port=9090)
+    assert config.store.sqlite_path == Path("var/softswitch.db")
+    acme = config.tenant_by_domain("ACME.example")
+    assert acme is not None and acme.name == "acme"
+    alice = acme.user("101")
+    assert alice is not None and alice.name == "Alice Ivanova"
+    assert acme.user("199") is None
+    assert config.tenant_by_domain("initech.example") is None
+
+
+def test_defaults_match_the_example(tmp_path: Path) -> None:
+    path = tmp_path / "softswitch.yaml"
+    path.write_text(MINIMAL)
+    minimal, example = load_config(path), load_config(EXAMPLE)
+    for section in ("sip", "registrar", "security", "http", "store", "log"):
+        assert getattr(minimal, section) == getattr(example, section), section
+
+
+def test_sections_with_every_key_commented_out_take_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "softswitch.yaml"
+    path.write_text("sip:\n  # user_agent: x\nregistrar:\n" + MINIMAL)
+    assert load_config(path).sip.user_agent == "softswitch"
+
+
+def test_int_extension_is_accepted_and_a_leading_zero_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "softswitch.yaml"
+    path.write_text(
+        MINIMAL.replace('{extension: "101", password: s3cret}', "{extension: 101, password: 1234}")
+        + "      - {extension: 0102, password: x}\n"
+    )
+    (acme,) = load_config(path).tenants
+    assert [(u.extension, u.password, u.name) for u in acme.users] == [
+        ("101", "1234", "101"),
+        ("0102", "x", "0102"),
+    ]
+
+
+def test_ipv6_http_listen_and_whitelist_networks(tmp_path: Path) -> None:
+    path = tmp_path / "softswitch.yaml"
+    path.write_text(
+        'http: {listen: "[::1]:9090"}\nsecurity: {ban: {whitelist: [10.1.2.3/8, "::1"]}}\n'
+        + MINIMAL
+    )
+    config = load_config(path)
+    assert config.http.listen == HostPort(host="::1", port=9090)
+    assert config.security.ban.whitelist == (ip_network("10.0.0.0/8"), ip_network("::1"))
+
+
+def test_tls_listener_with_existing_files(tmp_path: Path) -> None:
+    for name in ("tls.crt", "tls.key"):
+        (tmp_path / name).write_text("PEM")
+    path = tmp_path / "softswitch.yaml"
+    path.write_text(
+        "sip:\n  listen:\n"
+        f"    - {{transport: tls, address: 0.0.0.0, port: 5061, "
+        f"cert: {tmp_path}/tls.crt, key: {tmp_path}/tls.key}}\n" + MINIMAL
+    )
+    (listen,) = load_config(path).sip.listen
+    assert listen.cert == tmp_path / "tls.crt"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(
+            "min_expires: 60",
+            "min_expires: sixty",
+            "F:16: registrar.min_expires: got 'sixty' (expected an integer)",
+            id="bad-type",
+        ),
+        pytest.param(
+            "  user_agent: softswitch",
+            "  user_agnt: softswitch",
+            "F:13: sip: unknown key 'user_agnt' (did you mean 'user_agent'? "
+            "expected one of: listen, public_address, user_agent)",
+            id="unknown-key",
+        ),
+        pytest.param(
+            'extension: "102"',
+            "extension: 101",
+            "F:46: tenants[0].users[1].extension: duplicate extension '101' in tenant 'acme'",
+            id="duplicate-extension",
+        ),
+        pytest.param(
+            "  max_contacts: 10",
+            "  max_contacts: 10\n  min_expires: 30",
+            "F:20: registrar: duplicate key 'min_expires' (also at line 16)",
+            id="duplicate-yaml-key",
+        ),
+        pytest.param(
+            "  level: info",
+            "  level: info\n   format: json",
+            "F:39: YAML syntax error: mapping values are not allowed here",
+            id="yaml-syntax",
+        ),
+        pytest.param(
+            "    # - {transport: tls, address: 0.0.0.0, port: 5061, "
+            "cert: /etc/softswitch/tls.crt, key: /etc/softswitch/tls.key}",
+            "    - {transport: tls, address: 0.0.0.0, port: 5061}",
+            "F:9: sip.listen[2].cert: transport tls needs cert: /path/to/file",
+            id="tls-without-cert",
+        ),
+        pytest.param(
+            "min_expires: 60",
+            "min_expires: 4000",
+            "F:16: registrar.min_expires: min_expires 4000, default_expires 3600, "
+            "max_expires 3600 (expected min_expires <= default_expires <= max_expires)",
+            id="min-above-max",
+        ),
+        pytest.param(
+            "listen: 127.0.0.1:9090",
+            "listen: 127.0.0.1",
+            "F:31: http.listen: '127.0.0.1' is not host:port "
+            '(expected host:port, e.g. 127.0.0.1:9090, or in quotes "[::1]:9090")',
+            id="http-listen-without-port",
+        ),
+        pytest.param(
+            "listen: 127.0.0.1:9090",
+            'listen: "::1:9090"',
+            "F:31: http.listen: '::1:9090': an IPv6 address needs brackets "
+            '(expected host:port, e.g. 127.0.0.1:9090, or in quotes "[::1]:9090")',
+            id="http-listen-ipv6-without-brackets",
+        ),
+        pytest.param(
+            "transport: udp",
+            "transport: sctp",
+            "F:7: sip.listen[0].transport: got 'sctp' (expected one of 'udp', 'tcp' or 'tls')",
+            id="not-a-choice",
+        ),
+        pytest.param(
+            'password: "s3cret-101"',
+            "password: yes",
+            "F:45: tenants[0].users[0].password: got 'yes' "
+            '(expected a string; YAML reads yes as another type, so write "yes")',
+            id="unquoted-yaml-boolean",
+        ),
+        pytest.param(
+            "whitelist: []",
+            "whitelist: [10.0.0.0/8, office]",
+            "F:28: security.ban.whitelist[1]: got 'office' "
+            "(expected an IP address or network, e.g. 10.0.0.0/8)",
+            id="bad-network",
+        ),
+        pytest.param(
+            "url: sqlite:///var",
+            "url: mysql:///var",
+            "F:35: store.url: 'mysql:///var/softswitch.db' is not a supported "
+            "store (expected sqlite:///relative/path, sqlite:////absolute/path "
+            "or postgresql://user:password@host/database)",
+            id="bad-store-url",
+        ),
+        pytest.param(
+            "domain: globex.example",
+            "domain: ACME.example",
+            "F:49: tenants[1].domain: domain 'acme.example' already belongs to tenant 'acme'",
+            id="duplicate-domain",
+        ),
+    ],
+)
+def test_each_mistake_names_its_line(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert problems(tmp_path, example_with(old, new)) == [expected]
+
+
+def test_missing_tenants(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().split("tenants:")[0]
+    assert problems(tmp_path, text) == ["F:5: missing required key 'tenants'"]
+    assert problems(tmp_path, "") == ["F:1: missing required key 'tenants'"]
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    text = example_with("    # - {transport: tls", "    - {transport: tls")
+    assert problems(tmp_path, text) == [
+        "F:9: sip.listen[2].cert: no such file '/etc/softswitch/tls.crt' (expected the PEM cert)"
+    ]
+
+
+def test_all_problems_are_reported_in_line_order(tmp_path: Path) -> None:
+    text = MINIMAL.replace("domain: acme.example", "domain: acme.example\n    colour: red")
+    text = "log: {level: loud}\n" + text + "      - {password: x}\n"
+    assert problems(tmp_path, text) == [
+        "F:1: log.level: got 'loud' (expected one of 'debug', 'info', 'warning' or 'error')",
+        "F:5: tenants[0]: unknown key 'colour' (expected one of: name, domain, users)",
+        "F:8: tenants[0].users[1]: missing required key 'extension'",
+    ]
