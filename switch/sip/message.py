@@ -267,6 +267,18 @@ class Message:
         value = self.headers.get("Expires")
         return None if value is None else parse_uint(value, "Expires")
 
+    def replace_top_via(self, via: Via) -> None:
+        """Put ``via`` in place of the first Via value, keeping the others."""
+        vias = self.top_via, *self.via[1:]
+        fields = self.headers._fields
+        for i, (key, name, value) in enumerate(fields):
+            if key == "via":
+                elements = split_list(value, "Via")
+                elements[0] = str(via)
+                fields[i] = (key, name, ", ".join(elements))
+                break
+        self.headers._typed["via"] = [via, *vias[1:]]
+
     def _check(self) -> None:
         """Parse every field the switch relies on, so errors surface at parse time."""
         if not self.via:
@@ -438,13 +450,20 @@ def _body(headers: Headers, rest: bytes) -> bytes:
     return rest[:length]  # octets past the body are ignored on datagrams (§18.3)
 
 
-def add_via_params(via: Via, received: str | None, rport: int | None) -> Via:
-    """Via with received/rport filled in by the server (§18.2.1, RFC 3581 §4)."""
-    params = list(via.params)
-    if received is not None and not has_param(via.params, "received"):
-        params.append(("received", received))
-    if rport is not None and has_param(via.params, "rport"):
-        params = [(k, str(rport) if k == "rport" else v) for k, v in params]
+def stamp_via(via: Via, host: str, port: int) -> Via:
+    """The top Via as the server records it (§18.2.1, RFC 3581 §4).
+
+    ``received`` is added when the source differs from sent-by, and always
+    when the client asked for ``rport``, which is then filled with the port.
+    """
+    params = [(k, v) for k, v in via.params if k != "received"]
+    if has_param(via.params, "rport"):
+        params = [(k, str(port) if k == "rport" else v) for k, v in params]
+        params.append(("received", host))
+    elif via.host.strip("[]") != host:
+        params.append(("received", host))
+    else:
+        return via
     return via.with_params(tuple(params))
 
 
@@ -481,9 +500,9 @@ __all__ = [
     "ParseError",
     "Request",
     "Response",
-    "add_via_params",
     "error_response",
     "new_branch",
     "new_tag",
     "parse_message",
+    "stamp_via",
 ]

@@ -1,0 +1,178 @@
+"""The softswitch daemon: wires configuration, store, SIP stack and HTTP together.
+
+SIGTERM/SIGINT drain: new requests get 503, transactions in flight finish
+(bounded), pending binding writes are flushed, then the process exits 0.
+SIGHUP re-reads the configuration; a file that fails validation is refused
+whole and the running configuration stays. Listening addresses and the
+store are fixed at start; a change to them is logged as needing a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from switch.ban import BanList
+from switch.config import Config, ConfigError, load_config
+from switch.endpoint import SipEndpoint
+from switch.location import LocationService
+from switch.logs import configure
+from switch.metrics import Metrics
+from switch.registrar import Registrar
+from switch.sip.digest import NonceManager
+from switch.store import Store, open_store
+from switch.transport import tls_context
+
+log = structlog.get_logger()
+
+DRAIN_SECONDS = 5.0
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.metrics = Metrics()
+        self.stopping = asyncio.Event()
+        self.store: Store | None = None
+        self.location: LocationService | None = None
+        self.endpoint: SipEndpoint | None = None
+        self.registrar: Registrar | None = None
+        self.http: web.AppRunner | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        self.store = await open_store(config.store.url)
+        self.location = LocationService(self.store)
+        loaded = await self.location.load(time.time())
+        self.location.start()
+        ban = config.security.ban
+        bans = BanList(ban.failures, ban.window, ban.duration, ban.whitelist)
+        nonces = NonceManager(ttl=config.security.nonce_ttl)
+        self.registrar = Registrar(config, self.location, nonces, bans, self.metrics)
+        self.endpoint = SipEndpoint(self.metrics, bans, config.sip.user_agent)
+        transports = self.endpoint.transports
+        self.endpoint.handlers["REGISTER"] = self.registrar.handle
+        for spec in config.sip.listen:
+            if spec.transport == "udp":
+                listener = await transports.listen_udp(spec.address, spec.port)
+            else:
+                tls = None
+                if spec.transport == "tls":
+                    assert spec.cert is not None and spec.key is not None
+                    tls = tls_context(str(spec.cert), str(spec.key))
+                listener = await transports.listen_stream(spec.address, spec.port, tls)
+            log.info(
+                "listening", transport=listener.transport, host=listener.host, port=listener.port
+            )
+        await self._start_http()
+        self._refresh_gauges()
+        self._housekeeping = asyncio.create_task(self._housekeep())
+        log.info("started", config=str(self.config_path), bindings=loaded)
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self.http = web.AppRunner(app, access_log=None)
+        await self.http.setup()
+        listen = self.config.http.listen
+        await web.TCPSite(self.http, listen.host, listen.port).start()
+        log.info("http listening", host=listen.host, port=listen.port)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self._refresh_gauges()
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _refresh_gauges(self) -> None:
+        assert self.location is not None
+        counts = self.location.counts_by_tenant()
+        for tenant in self.config.tenants:
+            self.metrics.registrations.labels(tenant.name).set(counts.get(tenant.name, 0))
+
+    async def _housekeep(self) -> None:
+        assert self.location is not None and self.endpoint is not None
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            now = time.time()
+            try:
+                for binding in await self.location.expire(now):
+                    log.info("binding expired", tenant=binding.tenant, user=binding.user)
+            except Exception:
+                log.exception("expiring bindings failed")
+            for ip in self.endpoint.bans.expire(now):
+                log.info("source unblocked", source=ip)
+            self.metrics.banned_sources.set(self.endpoint.bans.banned_count)
+            self._refresh_gauges()
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration", problems=str(exc))
+            return
+        fixed = ("sip", "http", "store")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            log.warning("reload: these sections need a restart to apply", sections=changed)
+        self.config = config
+        assert self.registrar is not None
+        self.registrar.config = config
+        ban = config.security.ban
+        bans = self.registrar.bans
+        bans.failures, bans.window, bans.duration = ban.failures, ban.window, ban.duration
+        bans.whitelist = tuple(ban.whitelist)
+        self.registrar.nonces.ttl = config.security.nonce_ttl
+        self._refresh_gauges()
+        users = sum(len(t.users) for t in config.tenants)
+        log.info("reloaded", tenants=len(config.tenants), users=users)
+
+    async def stop(self) -> None:
+        log.info("draining")
+        if self.endpoint is not None:
+            await self.endpoint.drain(DRAIN_SECONDS)
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        if self.http is not None:
+            await self.http.cleanup()
+        if self.endpoint is not None:
+            await self.endpoint.transports.close()
+        if self.location is not None:
+            await self.location.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("stopped")
+
+
+async def _main(path: Path, config: Config) -> int:
+    daemon = Daemon(path, config)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, daemon.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, daemon.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        log.error("cannot start", error=str(exc))
+        await daemon.stop()
+        return 1
+    await daemon.stopping.wait()
+    await daemon.stop()
+    return 0
+
+
+def run(path: Path, config: Config) -> int:
+    configure(config.log.level, config.log.format)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_main(path, config))
+    return uvloop.run(_main(path, config))
