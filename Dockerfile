@@ -1,0 +1,17 @@
+# softswitch daemon on the example configuration.
+#   docker build -t softswitch . && docker run --rm -p 5060:5060/udp -p 5060:5060 -p 9090:9090 softswitch
+FROM python:3.11-slim-bookworm
+WORKDIR /opt/softswitch
+COPY pyproject.toml README.md ./
+COPY switch switch
+COPY media media
+COPY config config
+RUN pip install --no-cache-dir . \
+ && sed -e 's/address: 127.0.0.1/address: 0.0.0.0/' -e 's/listen: 127.0.0.1:9090/listen: 0.0.0.0:9090/' \
+        -e 's|url: sqlite:///var/softswitch.db|url: sqlite:////var/lib/softswitch/softswitch.db|' \
+        config/softswitch.yaml > config/container.yaml \
+ && softswitch check -c config/container.yaml
+VOLUME /var/lib/softswitch
+EXPOSE 5060/udp 5060/tcp 9090/tcp
+STOPSIGNAL SIGTERM
+CMD ["softswitch", "run", "-c", "config/container.yaml"]
