@@ -16,6 +16,7 @@ commits in groups).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -52,7 +53,9 @@ class Registrar:
         nonces: NonceManager,
         bans: BanList,
         metrics: Metrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock  # wall clock: binding expiry times are persisted
         self.config = config
         self.location = location
         self.nonces = nonces
@@ -60,7 +63,7 @@ class Registrar:
         self.metrics = metrics
 
     async def handle(self, request: Request, peer: Peer, to_tag: str) -> Response:
-        now = time.time()
+        now = self.clock()
         aor = request.to.uri
         if not isinstance(aor, SipUri) or not aor.user:
             return request.response(400, "To is not a SIP address-of-record", to_tag)
