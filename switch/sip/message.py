@@ -258,6 +258,21 @@ class Message:
         )
 
     @property
+    def routes(self) -> list[NameAddr]:
+        return self.headers.typed(
+            "route", lambda: [parse_name_addr(v, "Route") for v in self.headers.get_all("Route")]
+        )
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return self.headers.typed(
+            "record-route",
+            lambda: [
+                parse_name_addr(v, "Record-Route") for v in self.headers.get_all("Record-Route")
+            ],
+        )
+
+    @property
     def max_forwards(self) -> int | None:
         value = self.headers.get("Max-Forwards")
         return None if value is None else parse_uint(value, "Max-Forwards", 255)

@@ -259,3 +259,13 @@ def test_mutated_torture_messages_raise_only_parse_error(
     except ParseError:
         return
     parse_message(bytes(msg))  # what we accept, we can also re-read
+
+
+def test_route_and_record_route_views() -> None:
+    wsinv = parse_message(load("rfc4475/wsinv.dat"))
+    (route,) = wsinv.routes
+    assert isinstance(route.uri, SipUri) and route.uri.param("lr") == ""
+    assert route.uri.param("unknownwith") == "value"
+    inv = parse_message(load("rfc4475/inv2543.dat"))
+    (rr,) = inv.record_routes
+    assert isinstance(rr.uri, SipUri) and rr.uri.param("maddr") == "ss1.example.com"
