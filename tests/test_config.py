@@ -47,7 +47,7 @@ def test_example_loads_with_the_documented_values() -> None:
         ("tcp", "127.0.0.1", 5060),
     ]
     assert config.registrar.min_expires == 60
-    assert config.security.auth_algorithms == ("MD5", "SHA-256")
+    assert config.security.auth_algorithms == ("MD5",)
     assert config.http.listen == HostPort(host="127.0.0.1", port=9090)
     assert config.store.sqlite_path == Path("var/softswitch.db")
     acme = config.tenant_by_domain("ACME.example")

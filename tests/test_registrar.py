@@ -25,7 +25,7 @@ from switch.transport import Peer
 
 CONFIG = """
 registrar: {min_expires: 60, max_expires: 3600, default_expires: 600, max_contacts: 2}
-security: {ban: {failures: 3, window: 60, duration: 600}}
+security: {auth_algorithms: [MD5, SHA-256], ban: {failures: 3, window: 60, duration: 600}}
 store: {url: "sqlite:///%s"}
 tenants:
   - name: acme

@@ -1,0 +1,158 @@
+"""The daemon as operators run it: TLS, reload on SIGHUP, `softswitch check`, SIGTERM."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.daemon.conftest import require
+from tests.daemon.harness import REPO, USERS, Daemon, free_port, options_ok, wait_until
+from tests.daemon.sipclient import SipClient, contacts
+from tests.daemon.sipp import run_sipp
+
+ALICE = ("101", "acme.example", USERS["101"])
+
+
+def softswitch(*args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's command line: the console script, or the module when not installed."""
+    script = shutil.which("softswitch")
+    command = [script] if script else [sys.executable, "-m", "switch.cli"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=30, cwd=REPO, check=False
+    )
+
+
+# -- TLS ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    require("openssl")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-days", "1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_register(make_daemon: Any, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    tls_port = free_port()
+
+    def with_tls(config: dict[str, Any]) -> None:
+        config["sip"]["listen"].append(
+            {"transport": "tls", "address": "127.0.0.1", "port": tls_port,
+             "cert": str(cert), "key": str(key)}
+        )  # fmt: skip
+
+    daemon: Daemon = make_daemon(with_tls)
+    listening = {(e["transport"], e["port"]) for e in daemon.events_named("listening")}
+    assert ("tls", tls_port) in listening, listening
+    context = ssl.create_default_context(cafile=str(cert))  # verifies the chain and the name
+    with SipClient(daemon.tls_port, "tls", tls=context, server_hostname="localhost") as phone:
+        exchange = phone.register("101", USERS["101"], expires=120)
+        assert exchange.status == 200, exchange.raw
+        assert exchange.response is not None
+        assert [r.status for r in exchange.seen] == [401]
+        (binding,) = contacts(exchange.response)
+        assert binding.startswith(f"<sip:101@127.0.0.1:{phone.local[1]}>;expires=")
+        # The answer came back over the same TLS connection, with the Via we sent.
+        assert exchange.response.top_via.transport == "TLS"
+        assert phone.options().status == 200
+    assert daemon.registrations() == 1
+    (event,) = daemon.events_named("registered")
+    assert event["source"] == "127.0.0.1"
+    assert daemon.events_named("auth failed") == []
+
+    # A client that does not trust the certificate gets no session at all.
+    with pytest.raises(ssl.SSLError):
+        SipClient(daemon.tls_port, "tls", tls=ssl.create_default_context(), server_hostname="x")
+
+
+# -- reload -------------------------------------------------------------------------
+
+
+def test_sighup_adds_a_user_and_refuses_a_broken_file(daemon: Daemon, work: Path) -> None:
+    newcomer = ("104", "acme.example", "s3cret-104")
+    result = run_sipp("register_403.xml", daemon.sip_port, work, users=[newcomer])
+    assert result.successful == 1, result
+
+    config = daemon.config
+    config["tenants"][0]["users"].append({"extension": "104", "password": "s3cret-104"})
+    daemon.write_config(config)
+    daemon.reload()
+    (reloaded,) = daemon.events_named("reloaded")
+    assert reloaded["users"] == 5
+    result = run_sipp("register.xml", daemon.sip_port, work, users=[newcomer])
+    assert result.returncode == 0 and result.successful == 1, result
+
+    # The operator's other way to reload: `softswitch reload --pid-file`.
+    done = softswitch("reload", "--pid-file", str(daemon.pid_path))
+    assert done.returncode == 0, done.stderr
+    assert daemon.process is not None and f"{daemon.process.pid}" in done.stdout
+    wait_until(lambda: len(daemon.events_named("reloaded")) == 2, 5.0, what="second reload")
+
+    # A broken file is refused whole: the running configuration (with 104) stays.
+    good = daemon.config_path.read_text()
+    bad = good.replace("extension: '104'", "extension: 10four")
+    assert bad != good
+    bad_line = next(i for i, t in enumerate(bad.splitlines(), 1) if "extension: 10four" in t)
+    daemon.config_path.write_text(bad)
+    daemon.reload()
+    (refused,) = daemon.events_named("reload refused, keeping the running configuration")
+    assert f"{daemon.config_path}:{bad_line}:" in refused["problems"], refused
+    assert "10four" in refused["problems"]
+    assert daemon.running
+    result = run_sipp("register.xml", daemon.sip_port, work, users=[newcomer, ALICE], calls=2)
+    assert result.returncode == 0 and result.successful == 2, result
+    # 104 from two sipp runs (two local ports, two bindings) and 101.
+    assert daemon.registrations() == 3
+
+
+def test_check_names_file_and_line(daemon: Daemon) -> None:
+    done = softswitch("check", "-c", str(daemon.config_path))
+    assert done.returncode == 0, done.stderr
+    assert "OK (2 tenants, 4 users)" in done.stdout
+
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["registrar"]["min_expires"] = "soon"
+    bad = daemon.tmp / "bad.yaml"
+    text = yaml.safe_dump(config, sort_keys=False)
+    bad.write_text(text)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "min_expires: soon" in t)
+    done = softswitch("check", "-c", str(bad))
+    assert done.returncode == 1
+    assert f"{bad}:{line}: registrar.min_expires:" in done.stderr, done.stderr
+    assert "soon" in done.stderr
+
+    bad.write_text("tenants: [\n")
+    done = softswitch("check", "-c", str(bad))
+    assert done.returncode == 1
+    assert f"{bad}:2: YAML syntax error" in done.stderr, done.stderr
+
+
+# -- stopping -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly(daemon: Daemon, work: Path, sig: signal.Signals) -> None:
+    result = run_sipp("register.xml", daemon.sip_port, work, users=[ALICE])
+    assert result.successful == 1, result
+    assert daemon.process is not None
+    daemon.signal(sig)
+    assert daemon.process.wait(8) == 0, daemon.log
+    names = [e["event"] for e in daemon.events()]
+    assert names[-2:] == ["draining", "stopped"], names
+    assert not options_ok(daemon.sip_port, 0.5), "the SIP port must be closed"
+    assert not daemon.pid_path.exists(), "the pid file is removed on exit"
