@@ -132,9 +132,7 @@ class Ban(_Section):
 
 class Security(_Section):
     nonce_ttl: PositiveInt = 300
-    auth_algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(
-        default=("MD5",), min_length=1
-    )
+    auth_algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(default=("MD5",), min_length=1)
     ban: Ban = Ban()
 
 

@@ -102,7 +102,12 @@ class SipEndpoint:
         request.replace_top_via(stamp_via(request.top_via, peer.host, peer.port))
         txn = self.transactions.match_request(request)
         now = asyncio.get_running_loop().time()
-        if txn is not None:
+        if txn is None:
+            resend = self.transactions.retired_response(request)
+            if resend is not None:
+                self.transports.send(resend, response_peer(request.top_via, peer))
+                return
+        else:
             txn.receive(request, now)  # a retransmission: the transaction answers it
             self._service(txn)
             return
@@ -190,7 +195,9 @@ class SipEndpoint:
         handle = self._timers.pop(txn, None)
         if handle is not None:
             handle.cancel()
-        if txn.terminated:
+        if txn.terminated or (
+            isinstance(txn, ServerNonInviteTransaction) and self.transactions.retire(txn)
+        ):
             self.transactions.remove(txn)
             self._peers.pop(txn, None)
             return
@@ -203,6 +210,10 @@ class SipEndpoint:
         self._timers.pop(txn, None)
         txn.handle_timer(asyncio.get_running_loop().time())
         self._service(txn)
+
+    def housekeep(self) -> None:
+        """Periodic upkeep (the daemon calls it about once a second)."""
+        self.transactions.expire_retired(asyncio.get_running_loop().time())
 
     async def drain(self, timeout: float) -> None:
         """Refuse new requests and let transactions in flight finish, up to ``timeout``."""

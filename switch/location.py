@@ -19,13 +19,13 @@ and passes `now` as wall-clock UNIX seconds, because expiry times are persisted.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select
 
 from switch.store import Store, registrations
 
@@ -39,6 +39,9 @@ _DELETE_KEY = delete(registrations).where(
     registrations.c.user == bindparam("k_user"),
     registrations.c.contact == bindparam("k_contact"),
 )
+
+
+_FIELDS = tuple(column.name for column in registrations.columns)
 
 
 class BindingsNotSaved(Exception):
@@ -161,9 +164,12 @@ class LocationService:
         """Read the unexpired bindings into memory, deleting expired rows; returns how many."""
         if self._aors or self._pending:
             raise RuntimeError("load() fills an empty location service, before any update")
-        async with self._store.engine.begin() as conn:
-            await conn.execute(delete(registrations).where(registrations.c.expires_at <= now))
-            rows = (await conn.execute(select(registrations))).all()
+
+        def read(conn: Connection) -> list[Row[Any]]:
+            conn.execute(delete(registrations).where(registrations.c.expires_at <= now))
+            return list(conn.execute(select(registrations)).all())
+
+        rows = await self._store.transaction(read)
         for row in rows:
             binding = Binding(**row._asdict())
             self._put((binding.tenant, binding.user, binding.contact), binding)
@@ -303,11 +309,17 @@ class LocationService:
         # Replace as delete-then-insert: one statement shape for SQLite and PostgreSQL, where
         # an upsert would need each dialect's own ON CONFLICT construct.
         keys = [{"k_tenant": t, "k_user": u, "k_contact": c} for (t, u, c), _ in effective]
-        rows = [dataclasses.asdict(after) for _, after in effective if after is not None]
-        async with self._store.engine.begin() as conn:
-            await conn.execute(_DELETE_KEY, keys)
+        # Not dataclasses.asdict: it deep-copies every field (measured: 3 % of the daemon's CPU).
+        rows = [
+            {f: getattr(after, f) for f in _FIELDS} for _, after in effective if after is not None
+        ]
+
+        def write(conn: Connection) -> None:
+            conn.execute(_DELETE_KEY, keys)
             if rows:
-                await conn.execute(insert(registrations), rows)
+                conn.execute(insert(registrations), rows)
+
+        await self._store.transaction(write)
         self.commits += 1
 
     def _take_back(self, failed: dict[_Key, _Change]) -> None:

@@ -1,9 +1,18 @@
-"""The storage layer: one SQLAlchemy Core metadata and one async engine for every table we keep.
+"""The storage layer: one SQLAlchemy Core metadata and one engine for every table we keep.
 
 `open_store(url)` turns the configured storage URL into a ready `Store`: the engine, with the
-tables created. SQLite through aiosqlite is the default for one node; PostgreSQL through asyncpg
-is the same code with another URL. Every table is defined here, in the module-level `metadata`,
-so the tables added later (call records, voicemail, callbacks) are created by the same
+tables created. SQLite is the default for one node; PostgreSQL (psycopg) is the same code with
+another URL.
+
+Database work runs on one dedicated thread, a whole unit of work per hop
+(`Store.transaction(work)`): the event loop never blocks on disk, and a batch
+of binding changes costs one thread round-trip rather than the several per
+statement an async driver makes (measured in bench/register_rate.py: the
+aiosqlite path cost about half the daemon's CPU at 250 REGISTER/s). One
+thread also serializes writers, which is what SQLite wants.
+
+Every table is defined here, in the module-level `metadata`, so the tables
+added later (call records, voicemail, callbacks) are created by the same
 `create_all`.
 
 It does not know what the rows mean: the service that owns a table (the location service for
@@ -12,13 +21,28 @@ It does not know what the rows mean: the service that owns a table (the location
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, event
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+_T = TypeVar("_T")
 
 metadata = MetaData()
 
@@ -41,42 +65,55 @@ registrations = Table(
     Column("registered_at", Float, nullable=False),
 )
 
-# Operators write the database (sqlite://, postgresql://); the async driver is ours to choose.
-_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+# Operators write the database (sqlite://, postgresql://); the driver is ours to choose.
+_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"}
 
 
 @dataclass(frozen=True)
 class Store:
-    """An open database: the engine to run statements on and the tables it holds."""
+    """An open database: the engine, its tables, and the thread that runs all its work."""
 
-    engine: AsyncEngine
+    engine: Engine
     metadata: MetaData
+    _thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="store")
+    )
+
+    async def transaction(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work(conn)`` in one database transaction on the store's thread."""
+
+        def run() -> _T:
+            with self.engine.begin() as conn:
+                return work(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
+        self._thread.shutdown()
 
 
 async def open_store(url: str) -> Store:
     """Open the database at `url`, creating the SQLite file's folders and any missing table."""
-    parsed = _async_url(url)
+    parsed = _driver_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(parsed)
+    engine = create_engine(parsed)
     if sqlite:
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    store = Store(engine=engine, metadata=metadata)
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await store.transaction(metadata.create_all)
     except BaseException:
-        await engine.dispose()
+        await store.close()
         raise
-    return Store(engine=engine, metadata=metadata)
+    return store
 
 
-def _async_url(url: str) -> URL:
+def _driver_url(url: str) -> URL:
     parsed = make_url(url)
-    return parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
+    return parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _connection_record: Any) -> None:

@@ -74,8 +74,9 @@ async def stop(store: Store, location: LocationService) -> None:
 
 
 async def row_count(store: Store) -> int:
-    async with store.engine.connect() as conn:
-        return (await conn.execute(select(func.count()).select_from(registrations))).scalar_one()
+    return await store.transaction(
+        lambda conn: conn.execute(select(func.count()).select_from(registrations)).scalar_one()
+    )
 
 
 async def test_open_store_creates_folders_for_a_relative_path_and_uses_wal(
@@ -85,9 +86,13 @@ async def test_open_store_creates_folders_for_a_relative_path_and_uses_wal(
     store = await open_store("sqlite:///data/pbx/softswitch.db")
     try:
         assert (tmp_path / "data" / "pbx" / "softswitch.db").is_file()
-        async with store.engine.connect() as conn:
-            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
-            assert (await conn.execute(text("PRAGMA synchronous"))).scalar() == 1  # NORMAL
+        pragmas = await store.transaction(
+            lambda conn: (
+                conn.execute(text("PRAGMA journal_mode")).scalar(),
+                conn.execute(text("PRAGMA synchronous")).scalar(),
+            )
+        )
+        assert pragmas == ("wal", 1)  # synchronous=NORMAL
         assert "registrations" in store.metadata.tables
     finally:
         await store.close()
@@ -247,13 +252,14 @@ async def test_changes_of_one_binding_within_a_batch_coalesce_last_wins(db_path:
 
 async def refuse_poison(store: Store) -> None:
     """Make the database refuse any row whose user agent is 'poison', as a failing disk would."""
-    async with store.engine.begin() as conn:
-        await conn.execute(
+    await store.transaction(
+        lambda conn: conn.execute(
             text(
                 "CREATE TRIGGER refuse_poison BEFORE INSERT ON registrations "
                 "WHEN NEW.user_agent = 'poison' BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
             )
         )
+    )
 
 
 async def test_failed_commit_raises_to_every_caller_of_the_batch_and_is_taken_back(

@@ -50,6 +50,7 @@ other forks match no transaction and go to the UAC core.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -397,6 +398,11 @@ class ServerTransaction(Transaction):
     def send_response(self, response: Response, now: float) -> None:
         raise NotImplementedError
 
+    @property
+    def final_response(self) -> bytes | None:
+        """The final response sent, as it went on the wire."""
+        return self._final
+
     def _send(self, response: Response) -> bytes:
         data = bytes(response)
         self._datagrams.append(data)
@@ -608,11 +614,47 @@ class TransactionTable:
 
     The caller adds each transaction it creates and removes it when it
     reports ``Terminated``.
+
+    A non-INVITE server transaction in Completed over UDP does one thing
+    until Timer J: answer a retransmitted request with its final response
+    (§17.2.2). ``retire`` keeps just that — the key, the response bytes and
+    the deadline — and frees the transaction and its parsed request. Under
+    a REGISTER storm that is 32 s worth of transactions; as plain bytes and
+    tuples they are not tracked by the garbage collector, whose full
+    collections otherwise grew to pauses longer than T1 (bench/register_rate.py).
     """
 
     def __init__(self) -> None:
         self._clients: dict[Hashable, ClientTransaction] = {}
         self._servers: dict[Hashable, ServerTransaction] = {}
+        self._retired: dict[Hashable, bytes] = {}
+        self._retired_until: deque[tuple[float, Hashable]] = deque()
+
+    def retire(self, txn: ServerNonInviteTransaction) -> bool:
+        """Replace a Completed, unreliable ``txn`` by its final response until Timer J."""
+        until = txn.next_timer()
+        final = txn.final_response
+        if txn.state is not State.COMPLETED or txn.reliable or until is None or final is None:
+            return False
+        self.remove(txn)
+        self._retired[txn.key] = final
+        self._retired_until.append((until, txn.key))
+        return True
+
+    def retired_response(self, request: Request) -> bytes | None:
+        """The final response to resend for a retransmission of a retired transaction."""
+        return self._retired.get(server_key(request)) if self._retired else None
+
+    def expire_retired(self, now: float) -> int:
+        """Forget retired transactions whose Timer J has fired; returns how many."""
+        expired = 0
+        queue = self._retired_until
+        # Timer J is the same for every entry, so deadlines arrive in order.
+        while queue and queue[0][0] <= now:
+            _, key = queue.popleft()
+            self._retired.pop(key, None)
+            expired += 1
+        return expired
 
     def add(self, txn: _T) -> _T:
         if isinstance(txn, ServerTransaction):
@@ -641,7 +683,7 @@ class TransactionTable:
         return txn if isinstance(txn, ServerInviteTransaction) else None
 
     def __len__(self) -> int:
-        return len(self._clients) + len(self._servers)
+        return len(self._clients) + len(self._servers) + len(self._retired)
 
     def __iter__(self) -> Iterator[Transaction]:
         yield from self._clients.values()
