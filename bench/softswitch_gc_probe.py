@@ -1,0 +1,66 @@
+"""Run the softswitch daemon with a probe on Python's cyclic garbage collector.
+
+    SOFTSWITCH_GC_PROBE=/tmp/gc.json python bench/softswitch_gc_probe.py run -c FILE
+
+is `softswitch run -c FILE` plus one `gc.callbacks` entry that times every collection. A
+full (generation 2) collection stops the event loop for as long as it takes to walk every
+tracked object, so its pauses show up as late answers and retransmissions. The probe keeps
+per-generation totals and the time of every full collection in the JSON file named by
+SOFTSWITCH_GC_PROBE (rewritten at most once a second, and after each full collection);
+bench/register_rate.py reads it around each step. Its own cost is two clock reads per
+collection. It changes nothing else: no thresholds, no freeze.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+
+_PATH = os.environ.get("SOFTSWITCH_GC_PROBE", "")
+_totals = {str(g): {"count": 0, "seconds": 0.0, "max": 0.0} for g in range(3)}
+_full: list[tuple[float, float, int]] = []  # (wall time at end, seconds, objects collected)
+_started = 0.0
+_written = 0.0
+
+
+def _write(now: float) -> None:
+    global _written
+    _written = now
+    tmp = _PATH + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"totals": _totals, "full": _full}, f)
+    os.replace(tmp, _PATH)
+
+
+def _callback(phase: str, info: dict[str, int]) -> None:
+    global _started
+    if phase == "start":
+        _started = time.perf_counter()
+        return
+    took = time.perf_counter() - _started
+    generation = info["generation"]
+    slot = _totals[str(generation)]
+    slot["count"] += 1
+    slot["seconds"] += took
+    slot["max"] = max(slot["max"], took)
+    now = time.time()
+    if generation == 2:
+        _full.append((now, took, info["collected"]))
+    if generation == 2 or now - _written >= 1.0:
+        _write(now)
+
+
+def main() -> int:
+    if _PATH:
+        gc.callbacks.append(_callback)
+        _write(time.time())
+    from switch.cli import main as softswitch
+
+    return softswitch(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
