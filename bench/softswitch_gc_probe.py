@@ -7,7 +7,7 @@ full (generation 2) collection stops the event loop for as long as it takes to w
 tracked object, so its pauses show up as late answers and retransmissions. The probe keeps
 per-generation totals and the time of every full collection in the JSON file named by
 SOFTSWITCH_GC_PROBE (rewritten at most once a second, and after each full collection);
-bench/register_rate.py reads it around each step. Its own cost is two clock reads per
+bench/sipp_steps.py reads it around each step. Its own cost is two clock reads per
 collection. It changes nothing else: no thresholds, no freeze.
 """
 
