@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from media.config import RelayConfig
+
 Loc = tuple[int | str, ...]
 
 # One error type for every check written here; "at" extends the error's location so a
@@ -121,6 +123,38 @@ def _network(value: Any) -> Any:
         raise _invalid(
             f"got {_show(value)} (expected an IP address or network, e.g. 10.0.0.0/8)"
         ) from None
+
+
+class Media(_Section):
+    # Relay RTP through the switch (NAT-safe, no one-way audio); false: SDP goes end to end.
+    relay: bool = True
+    address: Annotated[str, AfterValidator(_ip)] = "127.0.0.1"  # media sockets bind here
+    advertise: Annotated[str, AfterValidator(_ip)] | None = None  # written into SDP, if not address
+    port_min: int = Field(default=30000, ge=1024, le=65535)
+    port_max: int = Field(default=39999, ge=1024, le=65535)
+    timeout: PositiveInt = 60  # seconds without RTP from a talking phone before the call ends
+
+    @model_validator(mode="after")
+    def _relay_accepts(self) -> Self:
+        try:
+            self.relay_config()
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
+        return self
+
+    def relay_config(self) -> RelayConfig:
+        return RelayConfig(
+            address=self.address,
+            advertise=self.advertise,
+            port_min=self.port_min,
+            port_max=self.port_max,
+            timeout=float(self.timeout),
+        )
+
+
+class Calls(_Section):
+    # seconds the callee's phones ring before the caller gets 480 No Answer
+    ring_timeout: PositiveInt = 60
 
 
 class Ban(_Section):
@@ -258,6 +292,8 @@ class Tenant(_Section):
 class Config(_Section):
     sip: Sip = Sip()
     registrar: Registrar = Registrar()
+    calls: Calls = Calls()
+    media: Media = Media()
     security: Security = Security()
     http: Http = Http()
     store: Store = Store()

@@ -19,6 +19,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from media import Relay
+from switch.b2bua.service import B2bua
 from switch.ban import BanList
 from switch.config import Config, ConfigError, load_config
 from switch.endpoint import SipEndpoint
@@ -46,6 +48,8 @@ class Daemon:
         self.location: LocationService | None = None
         self.endpoint: SipEndpoint | None = None
         self.registrar: Registrar | None = None
+        self.b2bua: B2bua | None = None
+        self.relay: Relay | None = None
         self.http: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -62,6 +66,12 @@ class Daemon:
         self.endpoint = SipEndpoint(self.metrics, bans, config.sip.user_agent)
         transports = self.endpoint.transports
         self.endpoint.handlers["REGISTER"] = self.registrar.handle
+        self.endpoint.public_address = config.sip.public_address
+        self.b2bua = B2bua(config, self.endpoint, self.location, self.registrar, self.metrics)
+        if config.media.relay:
+            self.relay = Relay(config.media.relay_config(), on_timeout=self.b2bua.on_media_timeout)
+            self.b2bua.media = self.b2bua.relay_media(self.relay)
+        self.b2bua.attach()
         for spec in config.sip.listen:
             if spec.transport == "udp":
                 listener = await transports.listen_udp(spec.address, spec.port)
@@ -125,13 +135,15 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration", problems=str(exc))
             return
-        fixed = ("sip", "http", "store")
+        fixed = ("sip", "http", "store", "media")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: these sections need a restart to apply", sections=changed)
         self.config = config
         assert self.registrar is not None
         self.registrar.config = config
+        if self.b2bua is not None:
+            self.b2bua.config = config
         ban = config.security.ban
         bans = self.registrar.bans
         bans.failures, bans.window, bans.duration = ban.failures, ban.window, ban.duration
@@ -151,6 +163,8 @@ class Daemon:
             await self.http.cleanup()
         if self.endpoint is not None:
             await self.endpoint.transports.close()
+        if self.relay is not None:
+            self.relay.close()
         if self.location is not None:
             await self.location.close()
         if self.store is not None:

@@ -8,6 +8,17 @@ handler twice, runs the transactions' timers on the event loop, and routes
 responses per §18.2.2. Requests are handed to a handler per method;
 OPTIONS is answered here (phones use it as a keep-alive).
 
+A handler returns one response. A user-agent core that answers over time
+(an INVITE: 1xx, then the final) registers in ``cores`` instead and gets a
+``ServerRequest`` it can ``respond`` through; a CANCEL for it is answered
+here (§9.2) and reported as ``ServerRequest.on_cancel``. ACKs for 2xx and
+responses for no transaction go to ``ack_handler`` and ``stray_2xx`` (the
+UAS and UAC cores: §13.3.1.4, §13.2.2.4).
+
+Requests the switch sends go out through ``send_request`` (a client
+transaction, §17.1, with our Via and a new branch), ``send_ack`` (the ACK
+for a 2xx, outside any transaction) and ``cancel`` (§9.1).
+
 Packets from a blocked source are dropped before parsing: it costs them
 nothing to send and must cost us as little to ignore.
 """
@@ -24,12 +35,30 @@ from switch.ban import BanList
 from switch.metrics import Metrics
 from switch.sip.errors import ParseError
 from switch.sip.headers import Via, parse_via
-from switch.sip.message import Request, Response, error_response, new_tag, parse_message, stamp_via
+from switch.sip.message import (
+    Headers,
+    Request,
+    Response,
+    error_response,
+    new_branch,
+    new_tag,
+    parse_message,
+    stamp_via,
+)
 from switch.sip.syntax import split_list
 from switch.sip.transaction import (
+    AckReceived,
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ClientTransaction,
+    Event,
+    ResponseReceived,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     ServerTransaction,
+    State,
+    Timeout,
+    Transaction,
     TransactionTable,
 )
 from switch.sip.uri import SipUri
@@ -38,6 +67,30 @@ from switch.transport import Peer, Transports
 log = structlog.get_logger()
 
 Handler = Callable[[Request, Peer, str], Awaitable[Response]]
+OnResponse = Callable[[Response], None]
+
+
+class ServerRequest:
+    """A request a user-agent core answers over time: 1xx first, then one final."""
+
+    def __init__(self, endpoint: SipEndpoint, txn: ServerTransaction, peer: Peer, to_tag: str):
+        self.endpoint = endpoint
+        self.txn = txn
+        self.request = txn.request
+        self.peer = peer
+        self.to_tag = to_tag
+        self.on_cancel: Callable[[Request], None] | None = None  # set by the core
+
+    @property
+    def answered(self) -> bool:
+        return self.txn.state is not State.PROCEEDING and self.txn.state is not State.TRYING
+
+    def respond(self, response: Response) -> None:
+        if not self.txn.terminated:
+            self.endpoint._respond(self.txn, response)
+
+
+Core = Callable[[ServerRequest], None]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"
 SUPPORTED: frozenset[str] = frozenset()  # option tags we implement (none yet, §20.37)
@@ -51,9 +104,16 @@ class SipEndpoint:
         self.transports = Transports(self.on_message, self.on_stream_error)
         self.transactions = TransactionTable()
         self.handlers: dict[str, Handler] = {"OPTIONS": self._options}
+        self.cores: dict[str, Core] = {}
+        self.ack_handler: Callable[[Request, Peer], None] | None = None
+        self.stray_2xx: Callable[[Response, Peer], None] | None = None
+        self.public_address: str | None = None  # for our Via, when not the listening address
         self.draining = False
-        self._timers: dict[ServerTransaction, asyncio.TimerHandle] = {}
-        self._peers: dict[ServerTransaction, Peer] = {}
+        self._timers: dict[Transaction, asyncio.TimerHandle] = {}
+        self._peers: dict[Transaction, Peer] = {}
+        self._callbacks: dict[ClientTransaction, OnResponse] = {}
+        self._server_requests: dict[ServerTransaction, ServerRequest] = {}
+        self._cancel_pending: dict[ClientInviteTransaction, Request] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- input ---------------------------------------------------------------
@@ -93,8 +153,19 @@ class SipEndpoint:
 
     def _on_response(self, response: Response, peer: Peer) -> None:
         self.metrics.response(response.status)
-        # No client transactions yet (the switch sends no requests before the
-        # B2BUA): a response matches nothing and is dropped (§18.1.2).
+        txn = self.transactions.match_response(response)
+        if txn is not None:
+            txn.receive(response, asyncio.get_running_loop().time())
+            self._service(txn)
+            return
+        if (
+            200 <= response.status < 300
+            and response.cseq.method == "INVITE"
+            and self.stray_2xx is not None
+        ):
+            # a retransmitted 2xx, or one from another fork: the UAC core's (§13.2.2.4)
+            self.stray_2xx(response, peer)
+            return
         log.debug("stray response", status=response.status, source=peer.host)
 
     def _on_request(self, request: Request, peer: Peer) -> None:
@@ -112,7 +183,9 @@ class SipEndpoint:
             self._service(txn)
             return
         if request.method == "ACK":
-            return  # ACK for a 2xx: no dialogs yet, nothing to confirm
+            if self.ack_handler is not None:
+                self.ack_handler(request, peer)  # ACK for a 2xx: the UAS core's (§13.3.1.4)
+            return
         cls = ServerInviteTransaction if request.method == "INVITE" else ServerNonInviteTransaction
         txn = self.transactions.add(cls(request, now, reliable=peer.reliable))
         self._peers[txn] = peer
@@ -121,6 +194,21 @@ class SipEndpoint:
         immediate = self._precheck(request, to_tag)
         if immediate is not None:
             self._respond(txn, immediate)
+            return
+        if request.method == "CANCEL":
+            self._cancel(txn, to_tag)
+            return
+        core = self.cores.get(request.method)
+        if core is not None:
+            server_request = ServerRequest(self, txn, peer, to_tag)
+            self._server_requests[txn] = server_request
+            try:
+                core(server_request)
+            except Exception as exc:
+                log.exception("core failed", method=request.method, call_id=request.call_id)
+                server_request.respond(
+                    request.response(500, f"Server Internal Error ({type(exc).__name__})", to_tag)
+                )
             return
         handler = self.handlers.get(request.method)
         if handler is None:
@@ -150,6 +238,23 @@ class SipEndpoint:
             return response
         return None
 
+    def _cancel(self, txn: ServerTransaction, to_tag: str) -> None:
+        """§9.2: 200 for a CANCEL that finds its INVITE, 481 otherwise. Then the core
+        of the INVITE hears of it and answers the INVITE (487), in that order."""
+        cancel = txn.request
+        invite = self.transactions.invite_for_cancel(cancel)
+        if invite is None:
+            self._respond(txn, cancel.response(481, None, to_tag))
+            return
+        self._respond(txn, cancel.response(200, None, to_tag))
+        server_request = self._server_requests.get(invite)
+        if server_request is None or server_request.answered:
+            return
+        if server_request.on_cancel is not None:
+            server_request.on_cancel(cancel)
+        else:
+            server_request.respond(invite.request.response(487, None, server_request.to_tag))
+
     def _not_implemented(self, request: Request, to_tag: str) -> Response:
         known = request.method in ALLOW
         response = request.response(405 if known else 501, None, to_tag)
@@ -175,23 +280,115 @@ class SipEndpoint:
         if not txn.terminated:
             self._respond(txn, response)
 
+    # -- requests we send (§8.1, §17.1) -------------------------------------
+
+    def via_for(self, peer: Peer) -> Via:
+        """Our Via toward ``peer``: a new branch, and rport for NAT (RFC 3581 §3)."""
+        listener = self.transports.local(peer.transport)
+        host = self.public_address or (listener.host if listener is not None else "127.0.0.1")
+        port = listener.port if listener is not None else None
+        return Via(peer.transport.upper(), host, port, (("branch", new_branch()), ("rport", None)))
+
+    def contact_for(self, peer: Peer, user: str | None = None) -> str:
+        """Our Contact for a dialog reached over ``peer``'s transport."""
+        via = self.via_for(peer)
+        userinfo = f"{user}@" if user else ""
+        transport = "" if peer.transport == "udp" else f";transport={peer.transport}"
+        return f"<sip:{userinfo}{via.sent_by}{transport}>"
+
+    def send_request(
+        self, request: Request, peer: Peer, on_response: OnResponse
+    ) -> ClientTransaction:
+        """Send ``request`` to ``peer`` in a new client transaction.
+
+        ``on_response`` gets every response the transaction passes up; Timer
+        B or F firing reaches it as a 408 made here (§8.1.3.1).
+        """
+        request.headers.add("Via", str(self.via_for(peer)), first=True)
+        if "Max-Forwards" not in request.headers:
+            request.headers.add("Max-Forwards", "70")
+        request.headers.set("User-Agent", self.user_agent)
+        cls = ClientInviteTransaction if request.method == "INVITE" else ClientNonInviteTransaction
+        txn = self.transactions.add(cls(request, reliable=peer.reliable))
+        self._peers[txn] = peer
+        self._callbacks[txn] = on_response
+        txn.start(asyncio.get_running_loop().time())
+        self._service(txn)
+        return txn
+
+    def send_ack(self, ack: Request, peer: Peer) -> None:
+        """The ACK for a 2xx: its own branch, no transaction (§13.2.2.4, §17.1.1.3)."""
+        ack.headers.add("Via", str(self.via_for(peer)), first=True)
+        self.transports.send(bytes(ack), peer)
+
+    def cancel(self, txn: ClientTransaction, reason: str | None = None) -> None:
+        """CANCEL a client INVITE transaction (§9.1).
+
+        Not before a provisional response has come (§9.1: the CANCEL could
+        overtake the INVITE); after a final response there is nothing to cancel.
+        """
+        if not isinstance(txn, ClientInviteTransaction) or txn.terminated:
+            return
+        if txn.state is State.COMPLETED:
+            return
+        invite = txn.request
+        headers = Headers()
+        headers.add("Via", invite.headers.get_all("Via")[0])
+        headers.add("Max-Forwards", "70")
+        for route in invite.headers.values("Route"):
+            headers.add("Route", route)
+        for name in ("From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name) or "")
+        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
+        if reason is not None:
+            headers.add("Reason", reason)
+        cancel = Request("CANCEL", invite.uri, headers)
+        if txn.state is State.CALLING:
+            self._cancel_pending[txn] = cancel
+            return
+        self._send_cancel(txn, cancel)
+
+    def _send_cancel(self, txn: ClientInviteTransaction, cancel: Request) -> None:
+        peer = self._peers.get(txn)
+        if peer is None:
+            return
+        # The CANCEL shares the INVITE's branch, so no new Via here (§9.1).
+        ctxn = self.transactions.add(ClientNonInviteTransaction(cancel, reliable=peer.reliable))
+        self._peers[ctxn] = peer
+        self._callbacks[ctxn] = _ignore
+        ctxn.start(asyncio.get_running_loop().time())
+        self._service(ctxn)
+
     # -- output --------------------------------------------------------------
 
     def _respond(self, txn: ServerTransaction, response: Response) -> None:
-        response.headers.add("Server", self.user_agent)
+        if "Server" not in response.headers:
+            response.headers.add("Server", self.user_agent)
         self.metrics.response(response.status)
         txn.send_response(response, asyncio.get_running_loop().time())
         self._service(txn)
 
-    def _service(self, txn: ServerTransaction) -> None:
+    def _service(self, txn: Transaction) -> None:
         """Send what the transaction wants sent, re-arm its timer, forget it when done."""
         peer = self._peers.get(txn)
         datagrams = txn.datagrams_to_send()
         if peer is not None and datagrams:
-            destination = response_peer(txn.request.top_via, peer)
+            destination = (
+                response_peer(txn.request.top_via, peer)
+                if isinstance(txn, ServerTransaction)
+                else peer
+            )
             for data in datagrams:
                 self.transports.send(data, destination)
-        txn.events()
+        events = txn.events()
+        if isinstance(txn, ClientTransaction):
+            self._client_events(txn, events)
+        elif peer is not None and self.ack_handler is not None:
+            # An ACK for a 2xx that reused the INVITE's branch reaches the transaction
+            # in Accepted (RFC 6026 §7.1); it is the UAS core's all the same.
+            for event in events:
+                if isinstance(event, AckReceived):
+                    self.ack_handler(event.request, peer)
         handle = self._timers.pop(txn, None)
         if handle is not None:
             handle.cancel()
@@ -200,13 +397,37 @@ class SipEndpoint:
         ):
             self.transactions.remove(txn)
             self._peers.pop(txn, None)
+            if isinstance(txn, ServerTransaction):
+                self._server_requests.pop(txn, None)
+            elif isinstance(txn, ClientTransaction):
+                self._callbacks.pop(txn, None)
+                if isinstance(txn, ClientInviteTransaction):
+                    self._cancel_pending.pop(txn, None)
             return
         when = txn.next_timer()
         if when is not None:
             loop = asyncio.get_running_loop()
             self._timers[txn] = loop.call_at(when, self._fire, txn)
 
-    def _fire(self, txn: ServerTransaction) -> None:
+    def _client_events(self, txn: ClientTransaction, events: list[Event]) -> None:
+        callback = self._callbacks.get(txn)
+        for event in events:
+            response: Response | None = None
+            if isinstance(event, ResponseReceived):
+                response = event.response
+                if isinstance(txn, ClientInviteTransaction):
+                    pending = self._cancel_pending.pop(txn, None)
+                    if pending is not None and response.status < 200:
+                        self._send_cancel(txn, pending)
+            elif isinstance(event, Timeout):
+                response = txn.request.response(408, "Request Timeout (no response)")
+            if response is not None and callback is not None:
+                try:
+                    callback(response)
+                except Exception:
+                    log.exception("response callback failed", call_id=txn.request.call_id)
+
+    def _fire(self, txn: Transaction) -> None:
         self._timers.pop(txn, None)
         txn.handle_timer(asyncio.get_running_loop().time())
         self._service(txn)
@@ -229,7 +450,11 @@ class SipEndpoint:
     def _busy(self) -> bool:
         """Transactions still waiting on something other than absorbing retransmissions."""
         return any(not txn.terminated and txn.state.value in ("Trying", "Proceeding")
-                   for txn in self._peers)  # fmt: skip
+                   for txn in self._peers if isinstance(txn, ServerTransaction))  # fmt: skip
+
+
+def _ignore(response: Response) -> None:
+    """Responses to a CANCEL: the INVITE's own response says how it ended (§9.1)."""
 
 
 def response_peer(via: Via, source: Peer) -> Peer:

@@ -41,6 +41,9 @@ class Metrics:
         self.banned_sources = Gauge(
             "softswitch_banned_sources", "Source addresses currently blocked", registry=r
         )
+        self.calls_active = Gauge(
+            "softswitch_calls_active", "Calls being set up or connected", registry=r
+        )
         self.dropped_from_banned = Counter(
             "softswitch_banned_packets", "Packets dropped from blocked sources", registry=r
         )

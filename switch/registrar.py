@@ -83,12 +83,23 @@ class Registrar:
     # -- authentication ----------------------------------------------------
 
     def authenticate(
-        self, request: Request, tenant: Tenant, peer: Peer, now: float, to_tag: str
+        self,
+        request: Request,
+        tenant: Tenant,
+        peer: Peer,
+        now: float,
+        to_tag: str,
+        *,
+        proxy: bool = False,
     ) -> AuthOutcome:
-        """Check the Authorization for ``tenant``'s realm (§22.4)."""
+        """Check the credentials for ``tenant``'s realm (§22.4).
+
+        A registrar asks with 401 and WWW-Authenticate; the B2BUA, which a
+        phone sees as its proxy, with 407 and Proxy-Authenticate (§22.3).
+        """
         realm = tenant.domain
         creds = None
-        for value in request.headers.values("Authorization"):
+        for value in request.headers.values("Proxy-Authorization" if proxy else "Authorization"):
             try:
                 candidate = parse_credentials(value)
             except ParseError as exc:
@@ -99,7 +110,9 @@ class Registrar:
                 creds = candidate
                 break
         if creds is None:
-            return AuthOutcome(None, self.challenge(request, realm, now, to_tag, stale=False))
+            return AuthOutcome(
+                None, self.challenge(request, realm, now, to_tag, stale=False, proxy=proxy)
+            )
         user = tenant.user(creds.username)
         if user is None:
             # Same answer as a wrong password: do not tell which extensions exist.
@@ -111,17 +124,27 @@ class Registrar:
         if result is AuthResult.OK:
             return AuthOutcome(user.extension, None)
         if result in STALE_RESULTS:
-            return AuthOutcome(None, self.challenge(request, realm, now, to_tag, stale=True))
+            return AuthOutcome(
+                None, self.challenge(request, realm, now, to_tag, stale=True, proxy=proxy)
+            )
         self._failure(peer, now, result.value, tenant, creds.username)
         return AuthOutcome(None, request.response(403, "Forbidden", to_tag))
 
     def challenge(
-        self, request: Request, realm: str, now: float, to_tag: str, *, stale: bool
+        self,
+        request: Request,
+        realm: str,
+        now: float,
+        to_tag: str,
+        *,
+        stale: bool,
+        proxy: bool = False,
     ) -> Response:
-        response = request.response(401, "Unauthorized", to_tag)
+        response = request.response(407 if proxy else 401, None, to_tag)
+        header = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         algorithms = self.config.security.auth_algorithms
         for challenge in self.nonces.challenge(realm, now, stale=stale, algorithms=algorithms):
-            response.headers.add("WWW-Authenticate", challenge.header_value())
+            response.headers.add(header, challenge.header_value())
         return response
 
     def _failure(

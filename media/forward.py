@@ -1,0 +1,364 @@
+"""The hot path: the sockets of one relay port and what happens to each packet they receive.
+
+A port (the RTP or the RTCP port of one call leg) faces one phone. Its packets are counted
+here and leave through `peer`, the same kind of port on the other leg, towards the other
+phone. So `sent` counts what went to the other phone.
+
+An RTP port has two sockets on the same address and port (SO_REUSEPORT):
+
+- `wild`, unconnected: receives from anyone. Every packet on it takes the slow path: the
+  sender is checked against the latching rules (`media.latch`), refused ones are counted as
+  foreign, accepted ones forwarded.
+- `conn`, connected to the latched phone once there is one. Linux delivers a datagram to
+  the connected socket whose 4-tuple matches it before any wildcard socket (since 5.7,
+  reuseport groups with connected sockets score every member), so the kernel does the source
+  check: the fast path is `recv_into`, a peek at the RTP header, `send` -- no address tuple
+  is built, compared or parsed, and the route is cached on the socket. Sending to the phone
+  goes through `conn` too, so the phone sees one address both ways (symmetric RTP).
+
+Each readable event reads one datagram. The event loop polls level-triggered, so a queue that
+holds more is reported again at once; reading until EAGAIN would cost an extra failing system
+call (and a Python exception) for every wake-up, and at 50 packets/s per socket a wake-up
+almost always finds exactly one packet.
+
+Counters are plain ints on the port. Loss and jitter follow RFC 3550: A.1 (sequence number
+tracking with MAX_DROPOUT / MAX_MISORDER, restarts believed after two sequential packets),
+A.3 (expected - received) and A.8 (interarrival jitter, J += (|D| - J) / 16), with the
+arrival time read per packet from the monotonic clock.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+
+from media.latch import Latch
+from media.stats import Addr, Side
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+
+_RTP_UNPACK: Final = struct.Struct("!BBHII").unpack_from  # V/P/X/CC, M/PT, seq, ts, SSRC
+_U32: Final = struct.Struct("!I").unpack_from
+_clock: Final = time.monotonic
+_MAX_DROPOUT: Final = 3000  # RFC 3550 A.1
+_SEQ_JUMP: Final = 65536 - 100  # RTP_SEQ_MOD - MAX_MISORDER
+_TOS_EF: Final = 0xB8  # DSCP EF (RFC 3246), what phones and rtpengine mark voice with
+
+
+def bind_udp(address: str, port: int, *, reuse: bool = False) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, _TOS_EF)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Port:
+    """An RTCP port (one socket, every packet on the slow path); `RtpPort` adds the rest."""
+
+    __slots__ = (
+        "address",
+        "buf",
+        "call_id",
+        "dropped",
+        "foreign",
+        "latch",
+        "octets",
+        "own",
+        "packets",
+        "peer",
+        "port",
+        "sent",
+        "sent_octets",
+        "side",
+        "tx",
+        "view",
+        "watch",
+        "wild",
+    )
+
+    is_rtp = False
+
+    def __init__(
+        self,
+        wild: socket.socket,
+        *,
+        latch: Latch,
+        buf: bytearray,
+        own: Callable[[Addr], bool],
+        watch: Callable[[socket.socket, Callable[[], None] | None], None],
+        call_id: str,
+        side: Side,
+    ) -> None:
+        self.wild = wild
+        self.address, self.port = wild.getsockname()
+        self.latch = latch
+        self.buf = buf  # shared by all ports: a packet is sent on before the next is read
+        self.view = memoryview(buf)
+        self.own = own
+        self.watch = watch  # (socket, reader) starts watching; (socket, None) stops
+        self.call_id = call_id
+        self.side = side
+        self.peer: Port = self  # the session sets the real one
+        # Sends to this port's phone; None until a phone is latched (RTP: a connected socket).
+        self.tx: Callable[[memoryview], int] | None = None
+        self.packets = self.octets = self.sent = self.sent_octets = 0
+        self.dropped = self.foreign = 0
+        watch(wild, self.read_wild)
+
+    def close(self) -> None:
+        self.watch(self.wild, None)
+        self.wild.close()
+
+    def sync(self) -> None:
+        """Follow a change of the latch (nothing to do with one socket)."""
+
+    def read_wild(self) -> None:
+        """Slow path: a packet from a sender the kernel did not already match for us."""
+        try:
+            n, addr = self.wild.recvfrom_into(self.buf)
+        except OSError:
+            return
+        if self.admit(addr, n):
+            self.forward(n)
+
+    def admit(self, addr: Addr, n: int) -> bool:
+        buf = self.buf
+        latch = self.latch
+        if addr == latch.source:
+            return True
+        # Only well-formed RTP/RTCP (version 2) may teach an address, and our own ports never
+        # do (a loop through the relay, e.g. a phone whose SDP names one of our ports).
+        if n < (12 if self.is_rtp else 8) or buf[0] >> 6 != 2 or self.own(addr):
+            self.foreign += 1
+            return False
+        rtcp = not self.is_rtp or 192 <= buf[1] <= 223  # RFC 5761 §4: RTCP types 192-223
+        ssrc: int = _U32(buf, 4 if rtcp else 8)[0]
+        before = latch.dest
+        if not latch.admit(addr, ssrc, _clock()):
+            self.foreign += 1
+            return False
+        if latch.dest != before:
+            _log.info(
+                "media latched",
+                call_id=self.call_id,
+                side=str(self.side),
+                rtcp=not self.is_rtp,
+                source=f"{addr[0]}:{addr[1]}",
+                sdp=None if latch.expected is None else f"{latch.expected[0]}:{latch.expected[1]}",
+            )
+        self.sync()
+        return True
+
+    def send_to_phone(self, data: memoryview) -> bool:
+        """Send towards this port's phone (called by the peer); False if it went nowhere."""
+        tx = self.tx
+        try:
+            if tx is not None:
+                tx(data)
+                return True
+            dest = self.latch.dest
+            if dest is None:
+                return False
+            self.wild.sendto(data, dest)
+        except OSError:
+            return False
+        return True
+
+    def forward(self, n: int) -> None:
+        self.packets += 1
+        self.octets += n
+        if self.peer.send_to_phone(self.view[:n]):
+            self.sent += 1
+            self.sent_octets += n
+        else:
+            self.dropped += 1
+
+
+class RtpPort(Port):
+    __slots__ = (
+        "bad_seq",
+        "base_seq",
+        "conn",
+        "conn_to",
+        "cycles",
+        "jitter",
+        "last_arrival",
+        "last_ts",
+        "lost_before",
+        "max_seq",
+        "rate",
+        "received",
+        "ssrc",
+    )
+
+    is_rtp = True
+
+    def __init__(
+        self,
+        wild: socket.socket,
+        *,
+        latch: Latch,
+        buf: bytearray,
+        own: Callable[[Addr], bool],
+        watch: Callable[[socket.socket, Callable[[], None] | None], None],
+        call_id: str,
+        side: Side,
+    ) -> None:
+        super().__init__(
+            wild, latch=latch, buf=buf, own=own, watch=watch, call_id=call_id, side=side
+        )
+        self.conn: socket.socket | None = None
+        self.conn_to: Addr | None = None
+        # RFC 3550 A.1/A.3/A.8 state of the stream from this phone.
+        self.rate = 8000.0  # RTP clock, Hz
+        self.ssrc = -1  # -1: no stream yet
+        self.base_seq = self.max_seq = self.cycles = self.received = 0
+        self.bad_seq = -1
+        self.lost_before = 0  # lost in earlier streams (SSRC changes, restarts)
+        self.jitter = 0.0  # in timestamp units, as RFC 3550 keeps it
+        self.last_arrival = 0.0  # monotonic time of the last RTP packet; 0: none yet
+        self.last_ts = 0
+
+    def lost(self) -> int:
+        if self.ssrc < 0:
+            return self.lost_before
+        expected = self.cycles + self.max_seq - self.base_seq + 1
+        return self.lost_before + max(0, expected - self.received)
+
+    def close(self) -> None:
+        self._disconnect()
+        super().close()
+
+    def admit(self, addr: Addr, n: int) -> bool:
+        self.latch.ssrc = self.ssrc if self.ssrc >= 0 else None
+        return super().admit(addr, n)
+
+    def sync(self) -> None:
+        """Keep the connected socket on the accepted source, or have none."""
+        want = self.latch.source
+        if want == self.conn_to:
+            return
+        self._disconnect()
+        if want is None:
+            return
+        try:
+            conn = bind_udp(self.address, self.port, reuse=True)
+        except OSError as e:
+            # Out of descriptors, say: the wildcard socket still relays, only slower.
+            _log.warning("media fast path unavailable", call_id=self.call_id, error=str(e))
+            return
+        try:
+            conn.connect(want)
+        except OSError as e:
+            conn.close()
+            _log.warning("media fast path unavailable", call_id=self.call_id, error=str(e))
+            return
+        self.conn, self.conn_to, self.tx = conn, want, conn.send
+        self.watch(conn, self.read_conn)
+        # Between bind and connect the socket was an unconnected member of the group and may
+        # have been handed a datagram from anyone: check what it holds now like any other.
+        while True:
+            try:
+                n, addr = conn.recvfrom_into(self.buf)
+            except OSError:
+                break
+            if self.admit(addr, n):
+                self.forward(n)
+
+    def _disconnect(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            self.watch(conn, None)
+            conn.close()
+            self.conn = self.conn_to = self.tx = None
+
+    def read_conn(self) -> None:
+        """Fast path: a packet from the latched phone (the kernel checked the source)."""
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            n = conn.recv_into(self.buf)
+        except OSError:  # EAGAIN, or an ICMP error (e.g. port unreachable) reported here
+            return
+        self.forward(n)
+
+    def forward(self, n: int) -> None:
+        self.packets += 1
+        self.octets += n
+        if n >= 12:
+            b0, b1, seq, ts, ssrc = _RTP_UNPACK(self.buf)
+            # Only RTP v2 counts; RTCP multiplexed on this port (RFC 5761) is just forwarded.
+            if b0 & 0xC0 == 0x80 and not 192 <= b1 <= 223:
+                now = _clock()
+                if ssrc == self.ssrc:
+                    max_seq = self.max_seq
+                    udelta = (seq - max_seq) & 0xFFFF
+                    if udelta < _MAX_DROPOUT:
+                        if seq < max_seq:
+                            self.cycles += 65536
+                        self.max_seq = seq
+                        self.received += 1
+                    elif udelta <= _SEQ_JUMP:
+                        self._jump(seq)
+                    else:
+                        self.received += 1  # duplicate or late
+                    # A.8: D = (Rj - Ri) - (Sj - Si) in timestamp units. A difference near
+                    # 2**32 is the 32-bit timestamp wrapping.
+                    d = (now - self.last_arrival) * self.rate - (ts - self.last_ts)
+                    if d < 0:
+                        d = -d
+                    if d > 2147483648.0:
+                        d = 4294967296.0 - d
+                    self.jitter += (d - self.jitter) * 0.0625
+                else:
+                    self._new_stream(seq, ssrc)
+                self.last_arrival = now
+                self.last_ts = ts
+        tx = self.peer.tx
+        if tx is not None:
+            try:
+                tx(self.view[:n])
+            except OSError:
+                self.dropped += 1
+                return
+        elif not self.peer.send_to_phone(self.view[:n]):
+            self.dropped += 1
+            return
+        self.sent += 1
+        self.sent_octets += n
+
+    def _jump(self, seq: int) -> None:
+        if seq == self.bad_seq:
+            # Two in a row after a big jump: the sender restarted its sequence (A.1).
+            self._settle()
+            self.base_seq = self.max_seq = seq
+            self.received = 1
+        else:
+            self.bad_seq = (seq + 1) & 0xFFFF
+
+    def _new_stream(self, seq: int, ssrc: int) -> None:
+        """A new SSRC: the first packet, or the phone started another stream."""
+        if self.ssrc >= 0:
+            self._settle()
+        self.ssrc = ssrc
+        self.base_seq = self.max_seq = seq
+        self.received = 1
+
+    def _settle(self) -> None:
+        """Bank the losses of the run that ends here and reset the sequence state."""
+        self.lost_before = self.lost()
+        self.cycles = 0
+        self.bad_seq = -1

@@ -1,0 +1,433 @@
+"""The RTP/RTCP relay: a port pair per call leg, packets forwarded between the two legs.
+
+Each `RelaySession` has two legs (A: caller, B: callee); each leg has an RTP socket on an even
+port and an RTCP socket on the next one, bound on the media address. A packet that phone A
+sends to its leg's RTP port leaves through leg B's RTP port towards phone B, so each phone
+sees one address for everything it sends and receives (symmetric RTP).
+
+The per-packet work is in `media.forward` (the hot path: one `recv_into` a shared buffer,
+one `struct` peek at the RTP header, one `send`, counters as plain ints), latching rules in
+`media.latch` (sans-IO), the port pool in `media.ports`. Sockets are watched with the event
+loop's `add_reader`.
+
+Timeouts: a leg that sent RTP and then went quiet for `timeout` s ends the call (one
+`MediaTimeout`); a leg on hold, or one that has not sent anything yet, gets `silent_timeout`
+instead (rtpengine's split: a phone that never sends is as dead as one that stopped, but it
+may also be a gateway that suppresses silence, so it gets the long limit). Quiet time counts
+from the later of the last RTP packet and the last offer/answer or hold change of that leg,
+and only once the leg has a remote address (before that the call is still being set up, and
+signalling timers own it). RTCP alone does not keep a leg alive.
+
+It does not parse SDP, transcode, or run workers; the B2BUA passes addresses in and takes
+ports and counters out. IPv4 only for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections.abc import Callable
+from ipaddress import ip_address
+from typing import Final
+
+import structlog
+
+from media.config import RelayConfig
+from media.forward import Port, RtpPort, bind_udp
+from media.latch import Latch, normalize
+from media.ports import PortAllocator, PortsExhausted
+from media.stats import (
+    Addr,
+    LegStats,
+    LocalMedia,
+    MediaTimeout,
+    RelayTotals,
+    SessionStats,
+    Side,
+)
+
+__all__ = ["PortsExhausted", "Relay", "RelaySession"]
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+
+_JITTER_BOUNDS_MS: Final = (1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0)
+
+TimeoutHandler = Callable[[MediaTimeout], object]
+
+
+def _fmt(addr: Addr | None) -> str | None:
+    return None if addr is None else f"{addr[0]}:{addr[1]}"
+
+
+class _Leg:
+    __slots__ = ("local", "on_hold", "remote", "rtcp", "rtp", "side", "since")
+
+    def __init__(self, side: Side, local: LocalMedia, rtp: RtpPort, rtcp: Port) -> None:
+        self.side = side
+        self.local = local
+        self.rtp = rtp
+        self.rtcp = rtcp
+        self.remote: Addr | None = None
+        self.on_hold = False
+        self.since: float | None = None  # last offer/answer or hold change; None: no SDP yet
+
+
+class RelaySession:
+    """The media of one call: two legs, each with its own RTP/RTCP port pair.
+
+    Made by `Relay.allocate`; the local ports are known at once, for the SDP the B2BUA sends
+    each phone. Not thread-safe: use it from the event loop the relay runs in.
+    """
+
+    def __init__(
+        self,
+        relay: Relay,
+        call_id: str,
+        legs: dict[Side, _Leg],
+        on_timeout: TimeoutHandler | None,
+    ) -> None:
+        self._relay = relay
+        self.call_id = call_id
+        self._legs = legs
+        self._on_timeout = on_timeout
+        self._timed_out = False
+        self._final: SessionStats | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._final is not None
+
+    def local(self, side: Side) -> LocalMedia:
+        """The address and ports to write into the SDP sent to the phone of `side`."""
+        return self._legs[side].local
+
+    def set_remote(
+        self,
+        side: Side,
+        host: str,
+        port: int,
+        rtcp_port: int | None = None,
+        *,
+        ssrc: int | None = None,
+        clock_rate: int = 8000,
+    ) -> None:
+        """The phone of `side` receives at `host:port` (its SDP); opens the learning window.
+
+        `rtcp_port` defaults to `port + 1` (RFC 3550 §11); pass the `a=rtcp` port, or `port`
+        itself for rtcp-mux. `ssrc` (from `a=ssrc`, if the SDP has one) must then match before
+        a source is learned. `clock_rate` is the RTP clock of the negotiated codec, for jitter.
+        Host 0.0.0.0 or port 0 means "send nothing to this phone" (RFC 3264 hold).
+        """
+        self._check_open()
+        leg = self._legs[side]
+        remote = normalize(host, port)
+        rtcp = None
+        if remote is not None:
+            rtcp = normalize(host, port + 1 if rtcp_port is None else rtcp_port)
+        if clock_rate <= 0:
+            raise ValueError(f"clock_rate must be positive, got {clock_rate}")
+        leg.remote = remote
+        leg.rtp.latch.set_remote(remote, ssrc)
+        leg.rtcp.latch.set_remote(rtcp)
+        leg.rtp.sync()  # the next packet goes through the learning rules again
+        leg.rtp.rate = float(clock_rate)
+        leg.since = time.monotonic()
+        _log.debug("media remote", call_id=self.call_id, side=str(side), remote=_fmt(remote))
+
+    def set_hold(self, side: Side, on: bool) -> None:
+        """The phone of `side` is (or is no longer) expected to be silent: a call on hold.
+
+        Only the timeout changes; packets keep flowing both ways if phones send them.
+        """
+        self._check_open()
+        leg = self._legs[side]
+        leg.on_hold = on
+        leg.since = time.monotonic()
+
+    def stats(self) -> SessionStats:
+        if self._final is not None:
+            return self._final
+        return SessionStats(
+            call_id=self.call_id, a=self._leg_stats(Side.A), b=self._leg_stats(Side.B)
+        )
+
+    def close(self) -> SessionStats:
+        """Stop relaying, release the ports, and return the final counters (call record)."""
+        if self._final is not None:
+            return self._final
+        final = self.stats()
+        self._final = final
+        self._relay._closed(self, final)
+        return final
+
+    def _check_open(self) -> None:
+        if self._final is not None:
+            raise RuntimeError(f"media session of call {self.call_id} is closed")
+
+    def _leg_stats(self, side: Side) -> LegStats:
+        leg = self._legs[side]
+        other = self._legs[side.other]
+        rtp = leg.rtp
+        last_at = None
+        if rtp.last_arrival:
+            last_at = time.time() - (time.monotonic() - rtp.last_arrival)
+        return LegStats(
+            side=side,
+            local=leg.local,
+            packets_in=rtp.packets,
+            bytes_in=rtp.octets,
+            packets_out=other.rtp.sent,
+            bytes_out=other.rtp.sent_octets,
+            rtcp_packets_in=leg.rtcp.packets,
+            rtcp_packets_out=other.rtcp.sent,
+            lost=rtp.lost(),
+            jitter_ms=rtp.jitter / rtp.rate * 1000.0,
+            foreign_packets=rtp.foreign + leg.rtcp.foreign,
+            dropped_packets=rtp.dropped + leg.rtcp.dropped,
+            remote=leg.remote,
+            latched=rtp.latch.dest,
+            rtcp_latched=leg.rtcp.latch.dest,
+            ssrc=None if rtp.ssrc < 0 else rtp.ssrc,
+            last_packet_at=last_at,
+            on_hold=leg.on_hold,
+        )
+
+    def _check_timeout(self, now: float, timeout: float, silent_timeout: float) -> None:
+        if self._timed_out or self._final is not None:
+            return
+        for leg in self._legs.values():
+            if leg.since is None:
+                continue  # no SDP yet: the call is still being set up
+            last = leg.rtp.last_arrival
+            quiet = now - max(last, leg.since)
+            limit = silent_timeout if leg.on_hold or not last else timeout
+            if quiet > limit:
+                self._timed_out = True
+                event = MediaTimeout(
+                    call_id=self.call_id, side=leg.side, silent_for=quiet, on_hold=leg.on_hold
+                )
+                _log.info(
+                    "media timeout",
+                    call_id=self.call_id,
+                    side=str(leg.side),
+                    silent_for=round(quiet, 1),
+                    on_hold=leg.on_hold,
+                )
+                self._relay._timed_out(self, event)
+                return
+
+
+class Relay:
+    """All relay sessions of one process, the port pool and the media-timeout clock.
+
+    Create it inside the running event loop that will carry the media. `on_timeout` gets every
+    `MediaTimeout` unless `allocate` was given its own handler for that session.
+    """
+
+    def __init__(
+        self,
+        config: RelayConfig | None = None,
+        *,
+        on_timeout: TimeoutHandler | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config = config or RelayConfig()
+        self._loop = loop or asyncio.get_running_loop()
+        self._on_timeout = on_timeout
+        self.ports = PortAllocator(config.first_pair, config.pairs, config.quarantine)
+        bound = ip_address(config.address)
+        self._host = None if bound.is_unspecified else bound.compressed
+        self._buf = bytearray(65536)  # one receive buffer: a packet leaves before the next
+        self._sessions: set[RelaySession] = set()
+        self._sessions_total = 0
+        self._allocation_failures = 0
+        self._timeouts = 0
+        self._done = [0] * 9  # counters of closed sessions, in `_totals_of` order
+        self._jitter_buckets = [0] * (len(_JITTER_BOUNDS_MS) + 1)
+        self._jitter_sum = 0.0
+        self._check_every = min(1.0, config.timeout / 4, config.silent_timeout / 4)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            self._check_every, self._check_timeouts
+        )
+
+    @property
+    def sessions(self) -> frozenset[RelaySession]:
+        return frozenset(self._sessions)
+
+    def allocate(self, call_id: str, *, on_timeout: TimeoutHandler | None = None) -> RelaySession:
+        """Bind two port pairs (A and B leg) and start relaying between them.
+
+        Raises `PortsExhausted` when the range has no free pair (the B2BUA should answer the
+        call with 503) and `RuntimeError` after `close()`.
+        """
+        if self._timer is None:
+            raise RuntimeError("the relay is closed")
+        legs: dict[Side, _Leg] = {}
+        try:
+            for side in Side:
+                legs[side] = self._leg(call_id, side)
+        except (PortsExhausted, OSError):
+            self._allocation_failures += 1
+            for leg in legs.values():
+                self._release(leg)
+            raise
+        a, b = legs[Side.A], legs[Side.B]
+        a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
+        a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
+        session = RelaySession(self, call_id, legs, on_timeout or self._on_timeout)
+        self._sessions.add(session)
+        self._sessions_total += 1
+        _log.debug(
+            "media allocated",
+            call_id=call_id,
+            a=legs[Side.A].local.rtp_port,
+            b=legs[Side.B].local.rtp_port,
+        )
+        return session
+
+    def totals(self) -> RelayTotals:
+        live = [0] * len(self._done)
+        for session in self._sessions:
+            for i, value in enumerate(_totals_of(session.stats())):
+                live[i] += value
+        t = [done + now for done, now in zip(self._done, live, strict=True)]
+        clock = time.monotonic()
+        return RelayTotals(
+            sessions=len(self._sessions),
+            sessions_total=self._sessions_total,
+            allocation_failures=self._allocation_failures,
+            timeouts=self._timeouts,
+            pairs_in_use=self.ports.in_use,
+            pairs_free=self.ports.free(clock),
+            pairs_resting=self.ports.resting(clock),
+            rtp_packets_in=t[0],
+            rtp_bytes_in=t[1],
+            rtp_packets_out=t[2],
+            rtp_bytes_out=t[3],
+            rtcp_packets_in=t[4],
+            rtcp_packets_out=t[5],
+            lost=t[6],
+            foreign_packets=t[7],
+            dropped_packets=t[8],
+            jitter_buckets=tuple(self._jitter_buckets),
+            jitter_sum_ms=self._jitter_sum,
+        )
+
+    def close(self) -> None:
+        """Close every session and stop the timeout clock."""
+        for session in list(self._sessions):
+            session.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _leg(self, call_id: str, side: Side) -> _Leg:
+        config = self.config
+        # A port another program holds is skipped (and rests in quarantine like any other).
+        for _ in range(64):
+            port = self.ports.take(time.monotonic())
+            try:
+                rtp_sock = bind_udp(config.address, port, reuse=True)
+            except OSError as e:
+                self.ports.release(port, time.monotonic())
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            try:
+                rtcp_sock = bind_udp(config.address, port + 1)
+            except OSError as e:
+                rtp_sock.close()
+                self.ports.release(port, time.monotonic())
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            break
+        else:
+            raise PortsExhausted("64 media port pairs in a row were taken by other programs")
+
+        def latch() -> Latch:
+            return Latch(
+                window=config.latch_window,
+                strict=config.strict_source,
+                relatch_on_ssrc=config.relatch_on_ssrc,
+            )
+
+        rtp = RtpPort(
+            rtp_sock,
+            latch=latch(),
+            buf=self._buf,
+            own=self._own,
+            watch=self._watch,
+            call_id=call_id,
+            side=side,
+        )
+        rtcp = Port(
+            rtcp_sock,
+            latch=latch(),
+            buf=self._buf,
+            own=self._own,
+            watch=self._watch,
+            call_id=call_id,
+            side=side,
+        )
+        return _Leg(side, LocalMedia(config.sdp_address, port, port + 1), rtp, rtcp)
+
+    def _watch(self, sock: socket.socket, reader: Callable[[], None] | None) -> None:
+        if reader is None:
+            self._loop.remove_reader(sock.fileno())
+        else:
+            self._loop.add_reader(sock.fileno(), reader)
+
+    def _own(self, addr: Addr) -> bool:
+        host = self._host
+        return (host is None or addr[0] == host) and self.ports.bound(addr[1])
+
+    def _release(self, leg: _Leg) -> None:
+        leg.rtp.close()
+        leg.rtcp.close()
+        self.ports.release(leg.local.rtp_port, time.monotonic())
+
+    def _closed(self, session: RelaySession, final: SessionStats) -> None:
+        self._sessions.discard(session)
+        for leg in session._legs.values():
+            self._release(leg)
+        for i, value in enumerate(_totals_of(final)):
+            self._done[i] += value
+        for leg_stats in (final.a, final.b):
+            if leg_stats.packets_in:
+                jitter = leg_stats.jitter_ms
+                self._jitter_sum += jitter
+                bucket = sum(1 for bound in _JITTER_BOUNDS_MS if jitter > bound)
+                self._jitter_buckets[bucket] += 1
+        _log.debug("media closed", call_id=session.call_id)
+
+    def _timed_out(self, session: RelaySession, event: MediaTimeout) -> None:
+        self._timeouts += 1
+        handler = session._on_timeout
+        if handler is not None:
+            # Through the loop, so a failing handler cannot stop the timeout clock.
+            self._loop.call_soon(handler, event)
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        config = self.config
+        for session in list(self._sessions):
+            session._check_timeout(now, config.timeout, config.silent_timeout)
+        self._timer = self._loop.call_later(self._check_every, self._check_timeouts)
+
+
+def _totals_of(stats: SessionStats) -> tuple[int, ...]:
+    a, b = stats.a, stats.b
+    return (
+        a.packets_in + b.packets_in,
+        a.bytes_in + b.bytes_in,
+        a.packets_out + b.packets_out,
+        a.bytes_out + b.bytes_out,
+        a.rtcp_packets_in + b.rtcp_packets_in,
+        a.rtcp_packets_out + b.rtcp_packets_out,
+        a.lost + b.lost,
+        a.foreign_packets + b.foreign_packets,
+        a.dropped_packets + b.dropped_packets,
+    )

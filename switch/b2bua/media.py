@@ -1,0 +1,96 @@
+"""The seam between a call and its media session.
+
+A call asks its ``MediaFactory`` for one ``MediaSession`` and passes every
+SDP body through it: the caller's offer on its way to the callee, the
+callee's answer on its way back. ``RelayMedia`` tells the relay
+(``media.relay``) where each phone receives and rewrites the SDP so each
+phone sends to the relay's port of its own leg; ``PassThrough`` leaves the
+bodies as they are, so the phones send RTP to each other directly.
+
+The relay has one RTP/RTCP pair per leg, so the first audio stream is
+relayed and any other stream is refused with port 0 (RFC 3264 §6).
+Not done here: hold (re-INVITE), ICE candidates, SRTP keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from media import RelaySession, Side
+from switch.sip.sdp import Connection, SdpError, parse_sdp
+
+
+class MediaSession(Protocol):
+    def offer(self, sdp: bytes) -> bytes:
+        """The caller's SDP offer as the callee should see it."""
+
+    def answer(self, sdp: bytes) -> bytes:
+        """The callee's SDP answer (in 18x or 2xx) as the caller should see it."""
+
+    def close(self) -> None: ...
+
+
+MediaFactory = Callable[[str], MediaSession]  # call id -> session
+
+
+class PassThrough:
+    """No media path of our own: SDP goes end to end unchanged."""
+
+    def offer(self, sdp: bytes) -> bytes:
+        return sdp
+
+    def answer(self, sdp: bytes) -> bytes:
+        return sdp
+
+    def close(self) -> None:
+        return None
+
+
+def pass_through(call_id: str) -> MediaSession:
+    return PassThrough()
+
+
+class RelayMedia:
+    """SDP through one relay session: A's offer names leg B's ports, B's answer leg A's."""
+
+    def __init__(self, session: RelaySession) -> None:
+        self.session = session
+
+    def offer(self, sdp: bytes) -> bytes:
+        return self._through(sdp, Side.A)
+
+    def answer(self, sdp: bytes) -> bytes:
+        return self._through(sdp, Side.B)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _through(self, body: bytes, side: Side) -> bytes:
+        """Learn where ``side``'s phone receives; write what the other phone must send to."""
+        desc = parse_sdp(body)
+        local = self.session.local(side.other)
+        relayed = False
+        for media in desc.media:
+            if relayed or media.kind != "audio" or media.port == 0:
+                media.port = 0
+                continue
+            relayed = True
+            connection = media.connection or desc.connection
+            assert connection is not None  # parse_sdp refuses a stream without c=
+            rtcp = next(iter(media.attributes("rtcp")), None)
+            rtcp_port = int(rtcp.split()[0]) if rtcp and rtcp.split()[0].isdigit() else None
+            self.session.set_remote(side, connection.address, media.port, rtcp_port)
+            media.port = local.rtp_port
+            media.lines = [
+                ("a", f"rtcp:{local.rtcp_port}") if k == "a" and v.startswith("rtcp:") else (k, v)
+                for k, v in media.lines
+            ]
+            if media.connection is not None:
+                media.connection = Connection(local.host)
+        if not relayed:
+            raise SdpError("SDP: no audio stream to relay")
+        if desc.connection is not None:
+            desc.connection = Connection(local.host)
+        desc.origin[4:6] = ["IP4", local.host]
+        return bytes(desc)

@@ -1,0 +1,154 @@
+"""A pjsua2 phone in its own process that makes or answers one call through the switch.
+
+Run by test_calls.py, never imported by pytest (pjsip's threads and global
+state do not belong in the test process). Null audio device. It registers,
+then with ``--call URI`` calls, talks for ``--talk`` seconds and hangs up; with
+``--answer`` it waits for a call, answers it (180, then 200) and waits for
+the other side to hang up. It prints JSON lines on stdout:
+
+    {"state": "registered"}  {"state": "confirmed"}  {"state": "disconnected", "code": 200}
+
+and exits 0 when the call was confirmed and then disconnected. Every wait is
+bounded by --timeout; pjsip's own log goes to --log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+import pjsua2 as pj
+
+# pjsua2 2.14's Call destructor asserts when its call is already gone (after a
+# hangup, or libDestroy): the objects are kept to the end and the process
+# leaves with os._exit, so no destructor runs.
+KEEP: list[object] = []
+
+
+def say(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+class Call(pj.Call):  # type: ignore[misc]
+    def __init__(self, account: pj.Account, call_id: int = -1) -> None:
+        super().__init__(account, call_id)
+        self.confirmed = threading.Event()
+        self.disconnected = threading.Event()
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        try:
+            info = self.info() if callable(self.info) else self.info  # a property here
+            if info.state == pj.InvState.CONFIRMED:
+                say(state="confirmed")
+                self.confirmed.set()
+            elif info.state == pj.InvState.DISCONNECTED:
+                say(state="disconnected", code=int(info.lastStatusCode))
+                self.disconnected.set()
+        except Exception as exc:  # an exception escaping into pjsip's thread aborts
+            say(state="error", error=repr(exc))
+
+
+class Account(pj.Account):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.registered = threading.Event()
+        self.calls: list[Call] = []
+        self.incoming = threading.Event()
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:
+        if int(prm.code) == 200 and int(prm.expiration) > 0:
+            self.registered.set()
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        try:
+            call = Call(self, prm.callId)
+            self.calls.append(call)
+            KEEP.append(call)
+            ringing = pj.CallOpParam(True)
+            ringing.statusCode = pj.StatusCode.RINGING
+            call.answer(ringing)
+            ok = pj.CallOpParam(True)
+            ok.statusCode = pj.StatusCode.OK
+            call.answer(ok)
+            self.incoming.set()
+        except Exception as exc:
+            say(state="error", error=repr(exc))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True, help="host:port of the softswitch (UDP)")
+    parser.add_argument("--local-port", type=int, required=True)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--domain", default="acme.example")
+    parser.add_argument("--call", help="the URI to call; without it, answer one call")
+    parser.add_argument("--talk", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--log", required=True)
+    args = parser.parse_args()
+
+    ep = pj.Endpoint()
+    ep.libCreate()
+    config = pj.EpConfig()
+    config.logConfig.level = 5
+    config.logConfig.consoleLevel = 0
+    config.logConfig.filename = args.log
+    config.uaConfig.threadCnt = 1
+    ep.libInit(config)
+    transport = pj.TransportConfig()
+    transport.boundAddress = "127.0.0.1"
+    transport.port = args.local_port
+    ep.transportCreate(pj.TransportType.UDP, transport)
+    ep.libStart()
+    devices = ep.audDevManager
+    (devices() if callable(devices) else devices).setNullDev()
+
+    account_config = pj.AccountConfig()
+    account_config.idUri = f"sip:{args.user}@{args.domain}"
+    account_config.regConfig.registrarUri = f"sip:{args.domain}"
+    account_config.regConfig.retryIntervalSec = 0
+    account_config.sipConfig.proxies.append(f"sip:{args.server};lr")
+    account_config.sipConfig.authCreds.append(
+        pj.AuthCredInfo("digest", args.domain, args.user, 0, args.password)
+    )
+    account = Account()
+    KEEP.append(account)
+    ok = False
+    try:
+        account.create(account_config)
+        if not account.registered.wait(args.timeout):
+            say(state="not-registered")
+            return 1
+        say(state="registered")
+        if args.call:
+            call = Call(account)
+            account.calls.append(call)
+            KEEP.append(call)
+            call.makeCall(args.call, pj.CallOpParam(True))
+            if not call.confirmed.wait(args.timeout):
+                say(state="not-confirmed")
+                return 1
+            time.sleep(args.talk)
+            call.hangup(pj.CallOpParam())
+        elif not account.incoming.wait(args.timeout * 2):
+            say(state="no-call")
+            return 1
+        calls = account.calls
+        ok = all(c.disconnected.wait(args.timeout) for c in calls) and all(
+            c.confirmed.is_set() for c in calls
+        )
+    finally:
+        account.shutdown()
+        ep.libDestroy()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)

@@ -1,0 +1,224 @@
+"""Basic calls through the B2BUA (RFC 3261 §13-§15, RFC 3665 §3), with sipp on both ends.
+
+The callee is a sipp that first registers extension 102 from its port, then
+plays the UAS on that same port: the daemon must reach it at the address
+the REGISTER came from. The caller is a sipp that answers the daemon's 407
+with its credentials. Each test checks both ends finished their scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon.harness import USERS, Daemon, free_port, wait_until
+from tests.daemon.sipclient import Exchange, SipClient
+from tests.daemon.sipp import SippResult, run_sipp
+
+PJSUA_CALL = Path(__file__).with_name("pjsua_call.py")
+CALLER = ("101", "acme.example", USERS["101"])
+CALLEE = ("102", "acme.example", USERS["102"])
+
+
+def register_callee(daemon: Daemon, work: Path) -> int:
+    port = free_port(both=True)
+    result = run_sipp("register.xml", daemon.sip_port, work, users=[CALLEE], local_port=port)
+    assert result.returncode == 0 and result.successful == 1, result
+    return port
+
+
+@contextmanager
+def callee(daemon: Daemon, work: Path, scenario: str, port: int) -> Iterator[list[SippResult]]:
+    """sipp as the UAS of ``scenario`` on ``port``, in the background for one call."""
+    results: list[SippResult] = []
+
+    def run() -> None:
+        results.append(run_sipp(scenario, daemon.sip_port, work, local_port=port, timeout=20))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(0.5)  # sipp binds its port before the caller's INVITE can reach it
+    yield results
+    thread.join(35)
+    assert results, "the callee's sipp did not finish"
+
+
+def call(daemon: Daemon, work: Path, scenario: str, **kw: Any) -> SippResult:
+    return run_sipp(scenario, daemon.sip_port, work, users=[CALLER], keys={"callee": "102"}, **kw)
+
+
+def require_module(name: str) -> None:
+    pytest.importorskip(name)
+
+
+def ok(result: SippResult) -> bool:
+    return result.returncode == 0 and result.successful == 1
+
+
+def test_basic_call_caller_hangs_up(daemon: Daemon, work: Path) -> None:
+    port = register_callee(daemon, work)
+    with callee(daemon, work, "call_uas_answer.xml", port) as uas:
+        caller = call(daemon, work, "call_uac_bye.xml")
+    assert ok(caller), caller
+    assert ok(uas[0]), uas[0]
+    events = [e["event"] for e in daemon.events() if e.get("event", "").startswith("CCEvent")]
+    assert events == ["CCEventTry", "CCEventRing", "CCEventConnect", "CCEventDisconnect"]
+    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    assert disconnect["by"] == "caller"
+    assert daemon.metric("softswitch_sip_responses_total", code="407") == 1
+    daemon.wait_metric("softswitch_calls_active", 0)
+
+
+def test_basic_call_callee_hangs_up(daemon: Daemon, work: Path) -> None:
+    port = register_callee(daemon, work)
+    with callee(daemon, work, "call_uas_answer_bye.xml", port) as uas:
+        caller = call(daemon, work, "call_uac_wait_bye.xml")
+    assert ok(caller), caller
+    assert ok(uas[0]), uas[0]
+    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    assert disconnect["by"] == "callee"
+
+
+def test_caller_cancels_before_answer(daemon: Daemon, work: Path) -> None:
+    port = register_callee(daemon, work)
+    with callee(daemon, work, "call_uas_ring.xml", port) as uas:
+        caller = call(daemon, work, "call_uac_cancel.xml")
+    assert ok(caller), caller
+    assert ok(uas[0]), uas[0]
+    (fail,) = daemon.events_named("CCEventFail")
+    assert fail["status"] == 487
+
+
+def test_busy_callee_gives_486(daemon: Daemon, work: Path) -> None:
+    port = register_callee(daemon, work)
+    with callee(daemon, work, "call_uas_busy.xml", port) as uas:
+        caller = call(daemon, work, "call_uac_486.xml")
+    assert ok(caller), caller
+    assert ok(uas[0]), uas[0]
+
+
+def test_callee_not_registered_gives_480(daemon: Daemon, work: Path) -> None:
+    caller = call(daemon, work, "call_uac_480.xml")
+    assert ok(caller), caller
+    assert daemon.metric("softswitch_sip_responses_total", code="480") == 1
+
+
+def test_ring_timeout_cancels_the_callee_and_gives_480(
+    make_daemon: Callable[..., Daemon], work: Path
+) -> None:
+    def short_ring(config: dict[str, Any]) -> None:
+        config["calls"] = {"ring_timeout": 2}
+
+    daemon = make_daemon(short_ring)
+    port = register_callee(daemon, work)
+    with callee(daemon, work, "call_uas_ring.xml", port) as uas:
+        caller = call(daemon, work, "call_uac_480.xml")
+    assert ok(caller), caller
+    assert ok(uas[0]), uas[0]
+    wait_until(lambda: daemon.events_named("CCEventFail"), 2.0, what="the call to fail")
+    (fail,) = daemon.events_named("CCEventFail")
+    assert fail["status"] == 480
+
+
+def invite(client: SipClient, daemon: Daemon, max_forwards: int = 70, via: str = "") -> Exchange:
+    data, branch = client.build(
+        "INVITE",
+        "sip:102@acme.example",
+        from_uri="sip:101@acme.example",
+        to_uri="sip:102@acme.example",
+        call_id=f"{time.monotonic_ns()}@test",
+        cseq=1,
+        headers=[f"Contact: <sip:101@{client.local[0]}:{client.local[1]}>"],
+    )
+    data = data.replace(b"Max-Forwards: 70", f"Max-Forwards: {max_forwards}".encode())
+    if via:
+        data = data.replace(b"\r\nMax-Forwards", f"\r\nVia: {via}\r\nMax-Forwards".encode(), 1)
+    return client.transact(data, branch)
+
+
+def test_proxy_checks_before_authentication(daemon: Daemon) -> None:
+    with SipClient(daemon.sip_port) as client:
+        assert invite(client, daemon, max_forwards=0).status == 483  # §16.3 step 3
+        ours = f"SIP/2.0/UDP 127.0.0.1:{daemon.sip_port};branch=z9hG4bKloop"
+        assert invite(client, daemon, via=ours).status == 482  # §16.3 step 4
+        challenge = invite(client, daemon)
+    assert challenge.status == 407, challenge.raw
+    assert challenge.response is not None
+    assert 'realm="acme.example"' in (challenge.response.headers.get("Proxy-Authenticate") or "")
+
+
+def test_bye_outside_any_dialog_gets_481(daemon: Daemon) -> None:
+    with SipClient(daemon.sip_port) as client:
+        data, branch = client.build(
+            "BYE",
+            "sip:102@acme.example",
+            from_uri="sip:101@acme.example",
+            to_uri="sip:102@acme.example",
+            call_id="nowhere@test",
+            cseq=2,
+        )
+        data = data.replace(b"<sip:102@acme.example>", b"<sip:102@acme.example>;tag=x", 1)
+        assert client.transact(data, branch).status == 481
+
+
+def pjsua(daemon: Daemon, work: Path, user: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(PJSUA_CALL), "--server", f"127.0.0.1:{daemon.sip_port}",
+         "--local-port", str(free_port(both=True)), "--user", user, "--password", USERS[user],
+         "--log", str(work / f"pjsua-{user}.log"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def states(output: str) -> list[str]:
+    return [json.loads(line)["state"] for line in output.splitlines() if line.startswith("{")]
+
+
+def test_pjsua_phone_calls_phone(daemon: Daemon, work: Path) -> None:
+    require_module("pjsua2")
+    bob = pjsua(daemon, work, "102")
+    try:
+        wait_until(lambda: daemon.registrations() == 1, 10, what="102 to register")
+        alice = pjsua(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "1")
+        alice_out, _ = alice.communicate(timeout=30)
+        bob_out, _ = bob.communicate(timeout=30)
+    finally:
+        for phone in (bob, locals().get("alice")):
+            if isinstance(phone, subprocess.Popen) and phone.poll() is None:
+                phone.kill()
+    assert states(alice_out) == ["registered", "confirmed", "disconnected"], (alice_out, bob_out)
+    assert states(bob_out) == ["registered", "confirmed", "disconnected"], bob_out
+    assert alice.returncode == 0 and bob.returncode == 0, (alice_out, bob_out)
+    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    assert disconnect["by"] == "caller"
+    # The callee was offered the relay's port (media section defaults: 30000-39999), and
+    # the caller's RTCP reached it through the relay, though pjsua wrote 192.0.2.2 (its
+    # guess of a public address) in its SDP: the relay latched onto the real source.
+    bob_log = (work / "pjsua-102.log").read_text(errors="replace")
+    match = re.search(r"^m=audio (\d+) ", bob_log, re.M)
+    assert match is not None and 30000 <= int(match.group(1)) <= 39999, bob_log[:3000]
+    assert "Received RTCP BYE" in bob_log
+
+
+def test_fork_first_answer_wins_and_the_other_is_cancelled(daemon: Daemon, work: Path) -> None:
+    answering, ringing = register_callee(daemon, work), register_callee(daemon, work)
+    with (
+        callee(daemon, work, "call_uas_ring_elsewhere.xml", ringing) as loser,
+        callee(daemon, work, "call_uas_answer.xml", answering) as winner,
+    ):
+        caller = call(daemon, work, "call_uac_bye.xml")
+    assert ok(caller), caller
+    assert ok(winner[0]), winner[0]
+    assert ok(loser[0]), loser[0]
+    (attempt,) = daemon.events_named("CCEventTry")
+    assert attempt["forks"] == 2
