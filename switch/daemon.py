@@ -19,9 +19,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from media import Relay
+from media import MediaTimeout, Relay
 from switch.b2bua.service import B2bua
 from switch.ban import BanList
+from switch.cdr import CallRecorder
 from switch.config import Config, ConfigError, load_config
 from switch.endpoint import SipEndpoint
 from switch.location import LocationService
@@ -46,6 +47,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.store: Store | None = None
         self.location: LocationService | None = None
+        self.records: CallRecorder | None = None
         self.endpoint: SipEndpoint | None = None
         self.registrar: Registrar | None = None
         self.b2bua: B2bua | None = None
@@ -56,6 +58,10 @@ class Daemon:
     async def start(self) -> None:
         config = self.config
         self.store = await open_store(config.store.url)
+        self.records = CallRecorder(self.store, self.metrics)
+        crashed = await self.records.recover()
+        if crashed:
+            log.warning("calls of the last run marked crashed", calls=crashed)
         self.location = LocationService(self.store)
         loaded = await self.location.load(time.time())
         self.location.start()
@@ -68,8 +74,9 @@ class Daemon:
         self.endpoint.handlers["REGISTER"] = self.registrar.handle
         self.endpoint.public_address = config.sip.public_address
         self.b2bua = B2bua(config, self.endpoint, self.location, self.registrar, self.metrics)
+        self.b2bua.recorder = self.records
         if config.media.relay:
-            self.relay = Relay(config.media.relay_config(), on_timeout=self.b2bua.on_media_timeout)
+            self.relay = Relay(config.media.relay_config(), on_timeout=self._on_media_timeout)
             self.b2bua.media = self.b2bua.relay_media(self.relay)
         self.b2bua.attach()
         for spec in config.sip.listen:
@@ -93,6 +100,12 @@ class Daemon:
         gc.freeze()
         log.info("started", config=str(self.config_path), bindings=loaded)
 
+    def _on_media_timeout(self, event: MediaTimeout) -> None:
+        assert self.b2bua is not None and self.records is not None
+        self.metrics.media_timeouts.inc()
+        self.records.media_timeout(event.call_id)
+        self.b2bua.on_media_timeout(event)
+
     async def _start_http(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
@@ -115,6 +128,7 @@ class Daemon:
 
     async def _housekeep(self) -> None:
         assert self.location is not None and self.endpoint is not None
+        assert self.records is not None
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             now = time.time()
@@ -123,6 +137,10 @@ class Daemon:
                     log.info("binding expired", tenant=binding.tenant, user=binding.user)
             except Exception:
                 log.exception("expiring bindings failed")
+            try:
+                await self.records.heartbeat()
+            except Exception:
+                log.exception("call records heartbeat failed")
             self.endpoint.housekeep()
             for ip in self.endpoint.bans.expire(now):
                 log.info("source unblocked", source=ip)
@@ -167,6 +185,8 @@ class Daemon:
             self.relay.close()
         if self.location is not None:
             await self.location.close()
+        if self.records is not None:
+            await self.records.close()
         if self.store is not None:
             await self.store.close()
         log.info("stopped")

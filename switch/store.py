@@ -12,8 +12,7 @@ aiosqlite path cost about half the daemon's CPU at 250 REGISTER/s). One
 thread also serializes writers, which is what SQLite wants.
 
 Every table is defined here, in the module-level `metadata`, so the tables
-added later (call records, voicemail, callbacks) are created by the same
-`create_all`.
+added later (voicemail, callbacks) are created by the same `create_all`.
 
 It does not know what the rows mean: the service that owns a table (the location service for
 `registrations`) reads and writes it, and keeps whatever cache it needs.
@@ -29,10 +28,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     Engine,
     Float,
+    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -63,6 +64,55 @@ registrations = Table(
     Column("user_agent", String, nullable=True),
     Column("instance", String, nullable=True),
     Column("registered_at", Float, nullable=False),
+)
+
+# One row per call, owned by switch.cdr. Inserted with state 'active' when the call starts and
+# rewritten whole when it ends, so a daemon that dies mid-call leaves a row to mark 'crashed'.
+calls = Table(
+    "calls",
+    metadata,
+    Column("call_id", String, primary_key=True),
+    Column("tenant", String, nullable=False),
+    Column("caller", String, nullable=False),
+    Column("callee", String, nullable=False),
+    Column("did", String, nullable=True),
+    Column("direction", String, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("answered_at", Float, nullable=True),
+    # While the call is active: when the switch last saw it alive (the end a crash leaves).
+    Column("ended_at", Float, nullable=True),
+    Column("duration", Integer, nullable=False, default=0),
+    Column("billsec", Integer, nullable=False, default=0),
+    Column("disposition", String, nullable=True),
+    Column("hangup_by", String, nullable=True),
+    Column("hangup_cause", String, nullable=True),
+    Column("state", String, nullable=False, index=True),
+    Column("recording", String, nullable=True),
+)
+
+# One row per leg of a call (the caller's, then one per fork towards the callee), owned by
+# switch.cdr and written with the call's final row. "in" is from that leg's phone.
+call_legs = Table(
+    "call_legs",
+    metadata,
+    Column("call_id", String, ForeignKey("calls.call_id"), primary_key=True),
+    Column("leg", Integer, primary_key=True),
+    Column("role", String, nullable=False),
+    Column("sip_call_id", String, nullable=False),
+    Column("contact", String, nullable=True),
+    Column("address", String, nullable=True),
+    Column("local_tag", String, nullable=True),
+    Column("remote_tag", String, nullable=True),
+    Column("status", Integer, nullable=True),
+    Column("answered", Boolean, nullable=False),
+    Column("codec", String, nullable=True),
+    Column("packets_in", Integer, nullable=False),
+    Column("bytes_in", Integer, nullable=False),
+    Column("packets_out", Integer, nullable=False),
+    Column("bytes_out", Integer, nullable=False),
+    Column("lost", Integer, nullable=False),
+    Column("jitter_ms", Float, nullable=False),
+    Column("latched", String, nullable=True),
 )
 
 # Operators write the database (sqlite://, postgresql://); the driver is ours to choose.

@@ -7,14 +7,21 @@ number in the Request-URI to the contacts of that extension in the same
 tenant. Each accepted INVITE becomes a ``Call``; in-dialog requests find
 their call by dialog id (§12.2.2).
 
-Not done here: calls to other tenants or trunks, dialplans, per-user and
-per-tenant call limits, re-INVITE (answered 488).
+In-dialog re-INVITE, INFO and UPDATE go to their call, which passes them
+to the other leg; in-dialog OPTIONS is answered by the endpoint (200).
+
+Calls at once are limited per user (placed or taken, ``calls.max_per_user``:
+the caller gets 403) and per tenant (``calls.max_per_tenant``: 486), a first
+guard against toll fraud through a stolen password.
+
+Not done here: calls to other tenants or trunks, dialplans.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -28,6 +35,7 @@ from switch.b2bua.call import (
     Target,
 )
 from switch.b2bua.media import MediaFactory, MediaSession, RelayMedia, pass_through
+from switch.cdr import CallRecorder
 from switch.config import Config
 from switch.endpoint import ServerRequest, SipEndpoint
 from switch.location import LocationService
@@ -61,21 +69,23 @@ class B2bua:
         self.clock = clock
         self.dialogs: dict[DialogId, Call] = {}
         self.active: set[Call] = set()
+        self._parties: dict[Call, tuple[str, tuple[str, ...]]] = {}  # tenant, its users
+        self._per_user: Counter[tuple[str, str]] = Counter()
+        self._per_tenant: Counter[str] = Counter()
+        self.recorder: CallRecorder | None = None  # call records (CDR), when there is a store
 
     def attach(self) -> None:
         """Take INVITE, BYE, 2xx ACKs and stray 2xx from the endpoint."""
         self.endpoint.cores["INVITE"] = self.on_invite
         self.endpoint.cores["BYE"] = self.on_bye
+        self.endpoint.cores["INFO"] = self.on_in_dialog
+        self.endpoint.cores["UPDATE"] = self.on_in_dialog
         self.endpoint.ack_handler = self.on_ack
         self.endpoint.stray_2xx = self.on_stray_2xx
 
     def on_invite(self, incoming: ServerRequest) -> None:
-        request, to_tag = incoming.request, incoming.to_tag
-        if request.to.tag is not None:
-            dialog_id = uas_id(request)
-            known = dialog_id is not None and dialog_id in self.dialogs
-            status, reason = (488, "re-INVITE not supported yet") if known else (481, None)
-            incoming.respond(request.response(status, reason, to_tag))
+        if incoming.request.to.tag is not None:
+            self.on_in_dialog(incoming)  # a re-INVITE (§14.2)
             return
         response = self._admit(incoming)
         if response is not None:
@@ -106,6 +116,9 @@ class B2bua:
         callee = target.user_unescaped
         if callee is None or tenant.user(callee) is None:
             return request.response(404, None, to_tag)
+        refused = self._over_limit(request, tenant.name, outcome.user, to_tag)
+        if refused is not None:
+            return refused
         bindings = self.location.bindings(tenant.name, callee, now)
         if not bindings:
             return request.response(480, "Not registered", to_tag)
@@ -129,8 +142,27 @@ class B2bua:
         )
         self.active.add(call)
         self.metrics.calls_active.set(len(self.active))
+        users = (outcome.user,) if callee == outcome.user else (outcome.user, callee)
+        self._parties[call] = (tenant.name, users)
+        self._per_tenant[tenant.name] += 1
+        self._per_user.update((tenant.name, user) for user in users)
+        if self.recorder is not None:
+            self.recorder.begin(call, tenant=tenant.name, caller=outcome.user, callee=callee)
         call.start(targets, f"sip:{callee}@{tenant.domain}", outcome.user)
         return None
+
+    def _over_limit(self, request: Request, tenant: str, user: str, to_tag: str) -> Response | None:
+        """403 when the caller is in too many calls, 486 when its tenant is."""
+        limits = self.config.calls
+        if limits.max_per_user and self._per_user[(tenant, user)] >= limits.max_per_user:
+            scope, limit, status = "user", limits.max_per_user, 403
+        elif limits.max_per_tenant and self._per_tenant[tenant] >= limits.max_per_tenant:
+            scope, limit, status = "tenant", limits.max_per_tenant, 486
+        else:
+            return None
+        log.warning("call limit reached", call_id=request.call_id, tenant=tenant, user=user,
+                    scope=scope, limit=limit)  # fmt: skip
+        return request.response(status, f"Call limit reached for {scope}", to_tag)
 
     @staticmethod
     def relay_media(relay: Relay) -> MediaFactory:
@@ -146,6 +178,15 @@ class B2bua:
             if call.id == event.call_id:
                 call.media_timeout()
 
+    def on_in_dialog(self, incoming: ServerRequest) -> None:
+        request = incoming.request
+        dialog_id = uas_id(request)
+        call = self.dialogs.get(dialog_id) if dialog_id is not None else None
+        if call is None or dialog_id is None:
+            incoming.respond(request.response(481, None, incoming.to_tag))  # §12.2.2
+            return
+        call.on_request(incoming, dialog_id)
+
     def on_bye(self, incoming: ServerRequest) -> None:
         request = incoming.request
         dialog_id = uas_id(request)
@@ -158,19 +199,25 @@ class B2bua:
     def on_ack(self, request: Request, peer: Peer) -> None:
         dialog_id = uas_id(request)
         call = self.dialogs.get(dialog_id) if dialog_id is not None else None
-        if call is not None:
-            call.on_ack(request)
+        if call is not None and dialog_id is not None:
+            call.on_ack(request, dialog_id)
 
     def on_stray_2xx(self, response: Response, peer: Peer) -> None:
         dialog_id = uac_id(response)
         call = self.dialogs.get(dialog_id) if dialog_id is not None else None
-        if call is not None:
-            call.on_2xx_again(response)
+        if call is not None and dialog_id is not None:
+            call.on_2xx_again(response, dialog_id)
 
     def _on_event(self, call: Call, event: CCEvent) -> None:
         fields = {name: getattr(event, name) for name in event.__slots__}
         fields = {k: v.value if isinstance(v, enum.Enum) else v for k, v in fields.items()}
         log.info(type(event).__name__, call_id=call.id, state=call.state.value, **fields)
+        if self.recorder is not None:
+            self.recorder.on_event(call, event)
         if isinstance(event, CCEventFail | CCEventDisconnect):
             self.active.discard(call)
             self.metrics.calls_active.set(len(self.active))
+            tenant, users = self._parties.pop(call, ("", ()))
+            self._per_tenant.subtract([tenant] if users else [])
+            self._per_user.subtract((tenant, user) for user in users)
+            self._per_tenant, self._per_user = +self._per_tenant, +self._per_user  # drop zeros

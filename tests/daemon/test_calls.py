@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,133 @@ def test_fork_first_answer_wins_and_the_other_is_cancelled(daemon: Daemon, work:
     assert ok(loser[0]), loser[0]
     (attempt,) = daemon.events_named("CCEventTry")
     assert attempt["forks"] == 2
+
+
+# -- call records (switch/cdr.py) ------------------------------------------------------------
+
+
+def records(daemon: Daemon, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The rows of ``calls`` in the daemon's SQLite file, oldest first, once ``count`` ended."""
+    path = daemon.config["store"]["url"].removeprefix("sqlite:///")
+
+    def ended() -> list[dict[str, Any]]:
+        with closing(sqlite3.connect(path)) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM calls ORDER BY started_at").fetchall()
+        done = [dict(row) for row in rows if row["state"] != "active"]
+        return done if len(done) >= count else []
+
+    return list(wait_until(ended, timeout, what=f"{count} ended call records"))
+
+
+def call_legs(daemon: Daemon, call_id: str) -> list[dict[str, Any]]:
+    path = daemon.config["store"]["url"].removeprefix("sqlite:///")
+    with closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        query = "SELECT * FROM call_legs WHERE call_id = ? ORDER BY leg"
+        return [dict(row) for row in db.execute(query, (call_id,))]
+
+
+def test_call_record_of_an_answered_call(daemon: Daemon, work: Path) -> None:
+    port = register_callee(daemon, work)
+    before = time.time()
+    with callee(daemon, work, "call_uas_answer.xml", port) as uas:
+        caller = call(daemon, work, "call_uac_bye.xml")
+    assert ok(caller) and ok(uas[0]), (caller, uas)
+    (row,) = records(daemon)
+    assert (row["state"], row["disposition"], row["direction"]) == ("ended", "answered", "internal")
+    assert (row["tenant"], row["caller"], row["callee"], row["did"]) == ("acme", "101", "102", None)
+    assert (row["hangup_by"], row["hangup_cause"]) == ("caller", "BYE")
+    assert before <= row["started_at"] <= row["answered_at"] <= row["ended_at"] <= time.time()
+    assert 0 <= row["billsec"] <= row["duration"] <= 5
+    a, b = call_legs(daemon, row["call_id"])
+    assert (a["role"], a["answered"], b["role"], b["answered"]) == ("caller", 1, "callee", 1)
+    assert b["address"] == f"udp:127.0.0.1:{port}"
+    # sipp sends no RTP in these scenarios: the relay counted nothing, and says so.
+    assert [a["packets_in"], a["packets_out"], b["packets_in"], b["packets_out"]] == [0, 0, 0, 0]
+    daemon.wait_metric("softswitch_calls_total", 1, disposition="answered")
+    assert daemon.metric("softswitch_calls_total", disposition="busy") == 0
+    assert daemon.metric("softswitch_rtp_packets_total", direction="in") == 0
+
+
+def test_call_records_of_busy_cancelled_and_unanswered_calls(
+    make_daemon: Callable[..., Daemon], work: Path
+) -> None:
+    def short_ring(config: dict[str, Any]) -> None:
+        config["calls"] = {"ring_timeout": 2}
+
+    daemon = make_daemon(short_ring)
+    port = register_callee(daemon, work)  # one binding: each call rings this one sipp
+    for uas_scenario, uac_scenario in (
+        ("call_uas_busy.xml", "call_uac_486.xml"),
+        ("call_uas_ring.xml", "call_uac_cancel.xml"),
+        ("call_uas_ring.xml", "call_uac_480.xml"),
+    ):
+        with callee(daemon, work, uas_scenario, port) as uas:
+            caller = call(daemon, work, uac_scenario)
+        assert ok(caller) and ok(uas[0]), (uac_scenario, caller, uas)
+    rows = records(daemon, 3)
+    assert [(r["disposition"], r["hangup_by"], r["hangup_cause"]) for r in rows] == [
+        ("busy", "callee", "486 Busy Here"),
+        ("cancelled", "caller", "487 Request Terminated"),
+        ("no-answer", "system", "480 No Answer"),
+    ]
+    assert all(r["answered_at"] is None and r["billsec"] == 0 for r in rows)
+    for disposition in ("busy", "cancelled", "no-answer"):
+        daemon.wait_metric("softswitch_calls_total", 1, disposition=disposition)
+    assert daemon.metric("softswitch_calls_total", disposition="answered") == 0
+
+
+def test_pjsua_call_record_counts_the_relayed_media(daemon: Daemon, work: Path) -> None:
+    require_module("pjsua2")
+    bob = pjsua(daemon, work, "102")
+    try:
+        wait_until(lambda: daemon.registrations() == 1, 10, what="102 to register")
+        alice = pjsua(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "1")
+        alice_out, _ = alice.communicate(timeout=30)
+        bob_out, _ = bob.communicate(timeout=30)
+    finally:
+        for phone in (bob, locals().get("alice")):
+            if isinstance(phone, subprocess.Popen) and phone.poll() is None:
+                phone.kill()
+    assert alice.returncode == 0 and bob.returncode == 0, (alice_out, bob_out)
+    (row,) = records(daemon)
+    assert (row["disposition"], row["hangup_by"]) == ("answered", "caller")
+    assert row["billsec"] >= 1  # --talk 1
+    a, b = call_legs(daemon, row["call_id"])
+    for leg in (a, b):
+        assert leg["packets_in"] > 0 and leg["bytes_in"] > 0, leg
+        assert leg["packets_out"] > 0 and leg["latched"], leg
+    daemon.wait_metric("softswitch_calls_total", 1, disposition="answered")
+    packets_in = daemon.metric("softswitch_rtp_packets_total", direction="in")
+    assert packets_in == a["packets_in"] + b["packets_in"]
+
+
+def test_a_call_cut_by_a_daemon_crash_is_marked_crashed_at_the_next_start(
+    daemon: Daemon, work: Path
+) -> None:
+    port = register_callee(daemon, work)
+    phones: list[SippResult] = []
+
+    def run(scenario: str, **kw: Any) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: phones.append(run_sipp(scenario, daemon.sip_port, work, **kw)),
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    threads = [run("call_uas_answer.xml", local_port=port, timeout=6)]
+    time.sleep(0.5)  # sipp binds its port before the caller's INVITE can reach it
+    threads.append(run("call_uac_wait_bye.xml", users=[CALLER], keys={"callee": "102"}, timeout=6))
+    wait_until(lambda: daemon.events_named("CCEventConnect"), 5, what="the call to connect")
+    time.sleep(1.5)  # the call talks a little; the heartbeat may move its end on
+    daemon.kill()  # SIGKILL: no final write
+    daemon.start()
+    (row,) = records(daemon)
+    assert (row["state"], row["disposition"], row["hangup_by"]) == ("crashed", "answered", "system")
+    assert row["answered_at"] is not None and row["ended_at"] >= row["answered_at"]
+    (warning,) = daemon.events_named("calls of the last run marked crashed")
+    assert warning["calls"] == 1
+    for thread in threads:
+        thread.join(20)  # the phones give up on their own: nobody sends them a BYE

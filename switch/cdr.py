@@ -1,0 +1,446 @@
+"""Call records (CDR): one row per call and one per leg, in the store's `calls` and `call_legs`.
+
+A call's row is inserted with state 'active' when the B2BUA admits it, and rewritten whole with
+state 'ended' (times, disposition, who hung up and why, the legs with their media counters) when
+it ends. The first write is fire-and-forget, so no call waits on the database to proceed; the
+final write waits for it, so the two reach the store in order. While calls are up, a heartbeat
+moves `ended_at` of their rows forward: a daemon killed mid-call leaves 'active' rows that
+`recover()`, at the next start, marks 'crashed' with that last-known end. A restart so loses no
+call, finished or not.
+
+It does not decide anything about the call: it listens to the call-control events (``CCEvent*``)
+and reads the call and its relay session when the call is over. It also counts ended calls and
+their RTP in the metrics. Not done here: the codec (the relay does not know it yet), DIDs and
+directions other than 'internal' (no trunks yet), recordings, and telling rows of several
+switch nodes sharing one PostgreSQL apart at recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, delete, insert, select, update
+
+from media import LegStats, SessionStats
+from switch.b2bua.call import (
+    Call,
+    CallState,
+    CCEvent,
+    CCEventConnect,
+    CCEventDisconnect,
+    CCEventFail,
+    Side,
+)
+from switch.b2bua.media import RelayMedia
+from switch.metrics import Metrics
+from switch.sip.errors import ParseError
+from switch.sip.message import Request
+from switch.store import Store, call_legs, calls
+
+log = structlog.get_logger()
+
+HEARTBEAT_SECONDS = 5.0  # how stale the end of a crashed call's row can be
+
+
+class Disposition(enum.StrEnum):
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class HangupBy(enum.StrEnum):
+    CALLER = "caller"
+    CALLEE = "callee"
+    SYSTEM = "system"
+
+
+class RowState(enum.StrEnum):
+    ACTIVE = "active"
+    ENDED = "ended"
+    CRASHED = "crashed"
+
+
+def disposition(status: int, *, cancelled: bool = False) -> Disposition:
+    """The disposition of a call from the final status the caller got.
+
+    486 Busy Here and 600 Busy Everywhere are busy; 408 and 480 are what an unanswered ring
+    ends in (our ring timeout answers 480 No Answer); a caller's CANCEL is cancelled whatever
+    the status.
+    """
+    if cancelled:
+        return Disposition.CANCELLED
+    if 200 <= status < 300:
+        return Disposition.ANSWERED
+    if status in (486, 600):
+        return Disposition.BUSY
+    if status in (408, 480):
+        return Disposition.NO_ANSWER
+    return Disposition.FAILED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LegRecord:
+    """One leg of a call: leg 0 is the caller's, then one per fork towards the callee."""
+
+    leg: int
+    role: str  # Side.value: caller / callee
+    sip_call_id: str
+    contact: str | None
+    address: str | None  # transport:host:port the leg's signalling went to
+    local_tag: str | None
+    remote_tag: str | None
+    status: int | None  # the final response on this leg, if any
+    answered: bool
+    codec: str | None = None
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    lost: int = 0
+    jitter_ms: float = 0.0
+    latched: str | None = None  # where the relay sent this phone's RTP
+
+    def with_media(self, stats: LegStats) -> LegRecord:
+        latched = None if stats.latched is None else f"{stats.latched[0]}:{stats.latched[1]}"
+        return replace(
+            self,
+            packets_in=stats.packets_in,
+            bytes_in=stats.bytes_in,
+            packets_out=stats.packets_out,
+            bytes_out=stats.bytes_out,
+            lost=stats.lost,
+            jitter_ms=round(stats.jitter_ms, 3),
+            latched=latched,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRecord:
+    """A call's row in `calls`, with its legs."""
+
+    call_id: str
+    tenant: str
+    caller: str
+    callee: str
+    did: str | None = None
+    direction: str = "internal"
+    started_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    disposition: Disposition | None = None
+    hangup_by: HangupBy | None = None
+    hangup_cause: str | None = None
+    state: RowState = RowState.ACTIVE
+    legs: tuple[LegRecord, ...] = ()
+
+    @property
+    def duration(self) -> int:
+        return 0 if self.ended_at is None else round(self.ended_at - self.started_at)
+
+    @property
+    def billsec(self) -> int:
+        if self.ended_at is None or self.answered_at is None:
+            return 0
+        return round(self.ended_at - self.answered_at)
+
+    def row(self) -> dict[str, Any]:
+        """The values of the `calls` row (without the legs)."""
+        return {
+            "call_id": self.call_id,
+            "tenant": self.tenant,
+            "caller": self.caller,
+            "callee": self.callee,
+            "did": self.did,
+            "direction": self.direction,
+            "started_at": self.started_at,
+            "answered_at": self.answered_at,
+            # An active call's row ends where it was last seen alive: at its start, for now.
+            "ended_at": self.started_at if self.ended_at is None else self.ended_at,
+            "duration": self.duration,
+            "billsec": self.billsec,
+            "disposition": None if self.disposition is None else self.disposition.value,
+            "hangup_by": None if self.hangup_by is None else self.hangup_by.value,
+            "hangup_cause": self.hangup_cause,
+            "state": self.state.value,
+        }
+
+
+@dataclass
+class _Open:
+    """What the recorder knows of a call that is not over yet."""
+
+    record: CallRecord
+    # The call's last write in flight: each write of a call waits for the one before it.
+    last: asyncio.Task[None] | None = None
+    media_timeout: bool = False
+    answered_at: float | None = None
+
+
+class CallRecorder:
+    """Writes the record of every call the B2BUA reports; counts ended calls in the metrics.
+
+    Use: `await recover()` once at start, `begin()` for each admitted call before it starts,
+    `on_event()` with its call-control events, `heartbeat()` about once a second, and
+    `await close()` to flush the writes in flight. The store belongs to the caller.
+    """
+
+    def __init__(
+        self, store: Store, metrics: Metrics, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self._open: dict[Call, _Open] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_beat = 0.0
+        for value in Disposition:  # every series exists from the start, at 0
+            self.metrics.calls_total.labels(value.value)
+        for direction in ("in", "out"):
+            self.metrics.rtp_packets.labels(direction)
+
+    async def recover(self) -> int:
+        """Mark the calls a previous run left active as crashed; return how many."""
+        return await self.store.transaction(_mark_crashed)
+
+    def begin(self, call: Call, *, tenant: str, caller: str, callee: str) -> None:
+        record = CallRecord(
+            call_id=secrets.token_hex(12),
+            tenant=tenant,
+            caller=caller,
+            callee=callee,
+            started_at=self.clock(),
+        )
+        entry = _Open(record)
+        self._open[call] = entry
+        row = record.row()
+        self._then(entry, lambda conn: _insert(conn, row))
+
+    def media_timeout(self, sip_call_id: str) -> None:
+        for call, entry in self._open.items():
+            if call.id == sip_call_id:
+                entry.media_timeout = True
+
+    def on_event(self, call: Call, event: CCEvent) -> None:
+        entry = self._open.get(call)
+        if entry is None:
+            return
+        if isinstance(event, CCEventConnect):
+            answered_at = entry.answered_at = self.clock()
+            statement = (
+                update(calls)
+                .where(calls.c.call_id == entry.record.call_id)
+                .values(answered_at=answered_at, ended_at=answered_at)
+            )
+            self._then(entry, lambda conn: conn.execute(statement))
+        elif isinstance(event, CCEventFail | CCEventDisconnect):
+            del self._open[call]
+            ended_at = self.clock()
+            # The call closes its media right after this event: read the counters after that.
+            self._spawn(self._finish(call, entry, event, ended_at), entry.record.call_id)
+
+    async def heartbeat(self) -> None:
+        """Move the end of the active calls' rows to now, at most every HEARTBEAT_SECONDS."""
+        now = self.clock()
+        if not self._open or now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        entries = list(self._open.values())
+        # After the calls' own writes, or a row still on its way in would miss the update.
+        await asyncio.gather(*(e.last for e in entries if e.last), return_exceptions=True)
+        ids = [entry.record.call_id for entry in entries]
+        statement = (
+            update(calls)
+            .where(calls.c.call_id.in_(ids), calls.c.state == RowState.ACTIVE.value)
+            .values(ended_at=now)
+        )
+        await self.store.transaction(lambda conn: conn.execute(statement))
+
+    async def close(self) -> None:
+        """Wait for every write in flight. Calls still up stay 'active' for `recover()`."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _finish(
+        self,
+        call: Call,
+        entry: _Open,
+        event: CCEventFail | CCEventDisconnect,
+        ended_at: float,
+    ) -> None:
+        record = finished(call, entry.record, event, entry.answered_at, ended_at,
+                          entry.media_timeout)  # fmt: skip
+        self._count(record)
+        if entry.last is not None:
+            # A failed earlier write is logged already, and this one inserts the row if need be.
+            await asyncio.gather(entry.last, return_exceptions=True)
+        await self.store.transaction(lambda conn: _write_final(conn, record))
+        log.info("call recorded", call_id=call.id, record=record.call_id,
+                 disposition=str(record.disposition), duration=record.duration,
+                 billsec=record.billsec)  # fmt: skip
+
+    def _count(self, record: CallRecord) -> None:
+        assert record.disposition is not None
+        self.metrics.calls_total.labels(record.disposition.value).inc()
+        legs = record.legs
+        self.metrics.rtp_packets.labels("in").inc(sum(leg.packets_in for leg in legs))
+        self.metrics.rtp_packets.labels("out").inc(sum(leg.packets_out for leg in legs))
+        # RFC 3550 A.3: duplicates can make a stream's loss negative; a counter only grows.
+        self.metrics.rtp_packets_lost.inc(sum(max(0, leg.lost) for leg in legs))
+
+    def _then(self, entry: _Open, work: Callable[[Connection], Any]) -> None:
+        """Run `work` in the store after the call's previous write, without waiting for it."""
+
+        async def run(before: asyncio.Task[None] | None) -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await self.store.transaction(work)
+
+        entry.last = self._spawn(run(entry.last), entry.record.call_id)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], record: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(_logged(work, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+async def _logged(work: Coroutine[Any, Any, None], record: str) -> None:
+    try:
+        await work
+    except Exception:
+        # The call goes on, and its final write inserts the row if the first one failed.
+        log.exception("writing a call record failed", record=record)
+
+
+def finished(
+    call: Call,
+    record: CallRecord,
+    event: CCEventFail | CCEventDisconnect,
+    answered_at: float | None,
+    ended_at: float,
+    media_timeout: bool = False,
+) -> CallRecord:
+    """The final record of `call`, which just reported `event`."""
+    legs = _legs(call)
+    if isinstance(event, CCEventDisconnect):
+        result = Disposition.ANSWERED
+        by = HangupBy.SYSTEM if event.by is None else HangupBy(event.by.value)
+        if event.by is not None:
+            cause = "BYE"
+        else:
+            cause = "media timeout" if media_timeout else "ended by the switch"
+    else:
+        cancelled = call.state is CallState.CANCELLED
+        result = disposition(event.status, cancelled=cancelled)
+        if cancelled:
+            by = HangupBy.CALLER
+        elif any(fork.final == event.status for fork in call.forks):
+            by = HangupBy.CALLEE
+        else:
+            by = HangupBy.SYSTEM
+        cause = f"{event.status} {event.reason}".strip()
+    return replace(
+        record,
+        answered_at=answered_at,
+        ended_at=ended_at,
+        disposition=result,
+        hangup_by=by,
+        hangup_cause=cause[:200],
+        state=RowState.ENDED,
+        legs=legs,
+    )
+
+
+def _legs(call: Call) -> tuple[LegRecord, ...]:
+    a = call.incoming
+    request = a.request
+    status = 200 if call.a_dialog is not None else None
+    caller = LegRecord(
+        leg=0,
+        role=Side.A.value,
+        sip_call_id=request.call_id,
+        contact=_contact(request),
+        address=f"{a.peer.transport}:{a.peer.host}:{a.peer.port}",
+        local_tag=a.to_tag,
+        remote_tag=request.from_.tag,
+        status=status,
+        answered=status == 200,
+    )
+    legs = [caller]
+    stats: SessionStats | None = None
+    if isinstance(call.media, RelayMedia):
+        stats = call.media.session.stats()
+    winner = call.b_dialog
+    for n, fork in enumerate(call.forks, start=1):
+        sip_call_id = fork.request.call_id
+        won = winner is not None and winner.id.call_id == sip_call_id
+        peer = fork.target.peer
+        leg = LegRecord(
+            leg=n,
+            role=Side.B.value,
+            sip_call_id=sip_call_id,
+            contact=fork.target.uri,
+            address=f"{peer.transport}:{peer.host}:{peer.port}",
+            local_tag=fork.request.from_.tag,
+            remote_tag=winner.id.remote_tag if won and winner is not None else None,
+            status=fork.final,
+            answered=won,
+        )
+        legs.append(leg.with_media(stats.b) if won and stats is not None else leg)
+    if stats is not None:
+        legs[0] = caller.with_media(stats.a)
+    return tuple(legs)
+
+
+def _contact(request: Request) -> str | None:
+    try:
+        contacts = request.contacts
+    except ParseError:  # the call went on without it; the record does too
+        return None
+    address = contacts[0].address if contacts else None
+    return None if address is None else str(address.uri)
+
+
+def _insert(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(insert(calls).values(**row))
+
+
+def _write_final(conn: Connection, record: CallRecord) -> None:
+    row = record.row()
+    done = conn.execute(update(calls).where(calls.c.call_id == record.call_id).values(**row))
+    if done.rowcount == 0:
+        conn.execute(insert(calls).values(**row))
+    conn.execute(delete(call_legs).where(call_legs.c.call_id == record.call_id))
+    if record.legs:
+        rows = [{"call_id": record.call_id, **asdict(leg)} for leg in record.legs]
+        conn.execute(insert(call_legs), rows)
+
+
+def _mark_crashed(conn: Connection) -> int:
+    active = conn.execute(select(calls).where(calls.c.state == RowState.ACTIVE.value)).all()
+    for row in active:
+        ended_at = max(row.ended_at or row.started_at, row.answered_at or row.started_at)
+        answered = row.answered_at is not None
+        conn.execute(
+            update(calls)
+            .where(calls.c.call_id == row.call_id)
+            .values(
+                state=RowState.CRASHED.value,
+                ended_at=ended_at,
+                duration=round(ended_at - row.started_at),
+                billsec=round(ended_at - row.answered_at) if answered else 0,
+                disposition=(Disposition.ANSWERED if answered else Disposition.FAILED).value,
+                hangup_by=HangupBy.SYSTEM.value,
+                hangup_cause="switch stopped during the call",
+            )
+        )
+    return len(active)
