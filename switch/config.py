@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     PrivateAttr,
     ValidationError,
@@ -155,6 +156,10 @@ class Media(_Section):
 class Calls(_Section):
     # seconds the callee's phones ring before the caller gets 480 No Answer
     ring_timeout: PositiveInt = 60
+    # calls one user may be in at once (placed or taken; 0: no limit): over it, 403
+    max_per_user: NonNegativeInt = 4
+    # calls of one tenant at once (0: no limit): over it, 486; both guard against toll fraud
+    max_per_tenant: NonNegativeInt = 30
 
 
 class Ban(_Section):

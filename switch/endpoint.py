@@ -92,7 +92,7 @@ class ServerRequest:
 
 Core = Callable[[ServerRequest], None]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE"
 SUPPORTED: frozenset[str] = frozenset()  # option tags we implement (none yet, §20.37)
 
 

@@ -55,3 +55,33 @@ async def test_relay_media_points_each_phone_at_its_own_leg() -> None:
         assert media.session.closed
     finally:
         relay.close()
+
+
+def held(media: RelayMedia) -> tuple[bool, bool]:
+    stats = media.session.stats()
+    return stats.a.on_hold, stats.b.on_hold
+
+
+async def test_relay_media_keeps_the_direction_and_marks_a_held_call() -> None:
+    """RFC 3264 §8.4: hold by a=sendonly / c=0.0.0.0, passed through; the relay's
+    media timeout must spare both legs until a sendrecv offer resumes the call."""
+    relay = Relay(RelayConfig(port_min=41000, port_max=41100))
+    try:
+        media = RelayMedia(relay.allocate("call-2"))
+        media.offer(OFFER)
+        assert held(media) == (False, False)
+        hold = OFFER.replace(b"a=rtcp:4001\r\n", b"a=rtcp:4001\r\na=sendonly\r\n")
+        offer = parse_sdp(media.offer(hold))
+        assert offer.media[0].own_direction() == "sendonly"
+        assert held(media) == (True, True)
+        answer = parse_sdp(media.answer(hold.replace(b"a=sendonly", b"a=recvonly")))
+        assert answer.media[0].own_direction() == "recvonly"
+        assert held(media) == (True, True)
+        media.answer(OFFER)  # the callee resumes
+        assert held(media) == (False, False)
+        old_style = OFFER.replace(b"c=IN IP4 192.0.2.10", b"c=IN IP4 0.0.0.0")
+        media.offer(old_style)  # RFC 2543 hold
+        assert held(media) == (True, True)
+        media.close()
+    finally:
+        relay.close()

@@ -8,8 +8,12 @@ phone sends to the relay's port of its own leg; ``PassThrough`` leaves the
 bodies as they are, so the phones send RTP to each other directly.
 
 The relay has one RTP/RTCP pair per leg, so the first audio stream is
-relayed and any other stream is refused with port 0 (RFC 3264 §6).
-Not done here: hold (re-INVITE), ICE candidates, SRTP keys.
+relayed and any other stream is refused with port 0 (RFC 3264 §6). A
+re-INVITE's SDP goes through the same two methods (from the caller:
+``offer``, from the callee: ``answer``, whichever of offer and answer it
+is). While the relayed stream is not sendrecv (hold, RFC 3264 §8.4) the
+relay is told both phones may fall silent, so its media timeout spares a
+held call. Not done here: ICE candidates, SRTP keys.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from switch.sip.sdp import Connection, SdpError, parse_sdp
 
 class MediaSession(Protocol):
     def offer(self, sdp: bytes) -> bytes:
-        """The caller's SDP offer as the callee should see it."""
+        """The caller's SDP (offer, or answer to a re-INVITE) as the callee should see it."""
 
     def answer(self, sdp: bytes) -> bytes:
-        """The callee's SDP answer (in 18x or 2xx) as the caller should see it."""
+        """The callee's SDP (in 18x or 2xx, or its re-INVITE) as the caller should see it."""
 
     def close(self) -> None: ...
 
@@ -56,6 +60,7 @@ class RelayMedia:
 
     def __init__(self, session: RelaySession) -> None:
         self.session = session
+        self.held = False
 
     def offer(self, sdp: bytes) -> bytes:
         return self._through(sdp, Side.A)
@@ -76,6 +81,7 @@ class RelayMedia:
                 media.port = 0
                 continue
             relayed = True
+            self._hold(desc.direction(media) != "sendrecv")
             connection = media.connection or desc.connection
             assert connection is not None  # parse_sdp refuses a stream without c=
             rtcp = next(iter(media.attributes("rtcp")), None)
@@ -94,3 +100,9 @@ class RelayMedia:
             desc.connection = Connection(local.host)
         desc.origin[4:6] = ["IP4", local.host]
         return bytes(desc)
+
+    def _hold(self, held: bool) -> None:
+        if held != self.held:
+            self.held = held
+            for side in (Side.A, Side.B):
+                self.session.set_hold(side, held)

@@ -34,10 +34,25 @@ def say(**fields: object) -> None:
 
 
 class Call(pj.Call):  # type: ignore[misc]
+    report_media = False  # --hold: print each change of the audio stream's status
+
     def __init__(self, account: pj.Account, call_id: int = -1) -> None:
         super().__init__(account, call_id)
         self.confirmed = threading.Event()
         self.disconnected = threading.Event()
+        self.media_status = ""
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        try:
+            info = self.info() if callable(self.info) else self.info
+            for media in info.media:
+                status = pj.CallMediaStatus(media.status).name.lower()
+                audio = media.type == pj.MediaType.AUDIO
+                if self.report_media and audio and status != self.media_status:
+                    self.media_status = status
+                    say(media=status)  # active, local_hold, remote_hold, ...
+        except Exception as exc:
+            say(state="error", error=repr(exc))
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         try:
@@ -90,7 +105,11 @@ def main() -> int:
     parser.add_argument("--talk", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--log", required=True)
+    parser.add_argument(
+        "--hold", action="store_true", help="report hold states; a caller holds, then resumes"
+    )
     args = parser.parse_args()
+    Call.report_media = args.hold
 
     ep = pj.Endpoint()
     ep.libCreate()
@@ -134,6 +153,13 @@ def main() -> int:
                 say(state="not-confirmed")
                 return 1
             time.sleep(args.talk)
+            if args.hold:
+                call.setHold(pj.CallOpParam(True))  # re-INVITE with a=sendonly
+                time.sleep(args.talk)
+                resume = pj.CallOpParam(True)
+                resume.opt.flag = 1  # PJSUA_CALL_UNHOLD: a re-INVITE with a=sendrecv
+                call.reinvite(resume)
+                time.sleep(args.talk)
             call.hangup(pj.CallOpParam())
         elif not account.incoming.wait(args.timeout * 2):
             say(state="no-call")
