@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from typing import Final
 import structlog
 
 from media.config import RelayConfig
-from media.forward import Port, RtpPort, bind_udp
+from media.forward import Poller, Port, RtpPort, bind_udp
 from media.latch import Latch, normalize
 from media.ports import PortAllocator, PortsExhausted
 from media.stats import (
@@ -52,7 +53,8 @@ __all__ = ["PortsExhausted", "Relay", "RelaySession"]
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
-_JITTER_BOUNDS_MS: Final = (1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0)
+# Upper bounds (ms) of the jitter histogram in `RelayTotals.jitter_buckets` (+Inf follows).
+JITTER_BOUNDS_MS: Final = (1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0)
 
 TimeoutHandler = Callable[[MediaTimeout], object]
 
@@ -223,7 +225,10 @@ class Relay:
     """All relay sessions of one process, the port pool and the media-timeout clock.
 
     Create it inside the running event loop that will carry the media. `on_timeout` gets every
-    `MediaTimeout` unless `allocate` was given its own handler for that session.
+    `MediaTimeout` unless `allocate` was given its own handler for that session. On Linux the
+    media sockets are watched through one epoll set of the relay's own (`media.forward.Poller`)
+    that the loop watches as a single descriptor; `epoll=False` makes the relay register every
+    socket with the loop instead (what it does where there is no epoll).
     """
 
     def __init__(
@@ -232,6 +237,7 @@ class Relay:
         *,
         on_timeout: TimeoutHandler | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        epoll: bool | None = None,
     ) -> None:
         self.config = config = config or RelayConfig()
         self._loop = loop or asyncio.get_running_loop()
@@ -240,12 +246,16 @@ class Relay:
         bound = ip_address(config.address)
         self._host = None if bound.is_unspecified else bound.compressed
         self._buf = bytearray(65536)  # one receive buffer: a packet leaves before the next
+        self._poller: Poller | None = None
+        if epoll if epoll is not None else hasattr(select, "epoll"):
+            self._poller = Poller()
+            self._loop.add_reader(self._poller.fileno(), self._poller.ready)
         self._sessions: set[RelaySession] = set()
         self._sessions_total = 0
         self._allocation_failures = 0
         self._timeouts = 0
         self._done = [0] * 9  # counters of closed sessions, in `_totals_of` order
-        self._jitter_buckets = [0] * (len(_JITTER_BOUNDS_MS) + 1)
+        self._jitter_buckets = [0] * (len(JITTER_BOUNDS_MS) + 1)
         self._jitter_sum = 0.0
         self._check_every = min(1.0, config.timeout / 4, config.silent_timeout / 4)
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(
@@ -322,6 +332,10 @@ class Relay:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._poller is not None:
+            self._loop.remove_reader(self._poller.fileno())
+            self._poller.close()
+            self._poller = None
 
     def _leg(self, call_id: str, side: Side) -> _Leg:
         config = self.config
@@ -375,7 +389,9 @@ class Relay:
         return _Leg(side, LocalMedia(config.sdp_address, port, port + 1), rtp, rtcp)
 
     def _watch(self, sock: socket.socket, reader: Callable[[], None] | None) -> None:
-        if reader is None:
+        if self._poller is not None:
+            self._poller.watch(sock, reader)
+        elif reader is None:
             self._loop.remove_reader(sock.fileno())
         else:
             self._loop.add_reader(sock.fileno(), reader)
@@ -399,7 +415,7 @@ class Relay:
             if leg_stats.packets_in:
                 jitter = leg_stats.jitter_ms
                 self._jitter_sum += jitter
-                bucket = sum(1 for bound in _JITTER_BOUNDS_MS if jitter > bound)
+                bucket = sum(1 for bound in JITTER_BOUNDS_MS if jitter > bound)
                 self._jitter_buckets[bucket] += 1
         _log.debug("media closed", call_id=session.call_id)
 

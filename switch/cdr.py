@@ -204,8 +204,6 @@ class CallRecorder:
         self._last_beat = 0.0
         for value in Disposition:  # every series exists from the start, at 0
             self.metrics.calls_total.labels(value.value)
-        for direction in ("in", "out"):
-            self.metrics.rtp_packets.labels(direction)
 
     async def recover(self) -> int:
         """Mark the calls a previous run left active as crashed; return how many."""
@@ -290,11 +288,6 @@ class CallRecorder:
     def _count(self, record: CallRecord) -> None:
         assert record.disposition is not None
         self.metrics.calls_total.labels(record.disposition.value).inc()
-        legs = record.legs
-        self.metrics.rtp_packets.labels("in").inc(sum(leg.packets_in for leg in legs))
-        self.metrics.rtp_packets.labels("out").inc(sum(leg.packets_out for leg in legs))
-        # RFC 3550 A.3: duplicates can make a stream's loss negative; a counter only grows.
-        self.metrics.rtp_packets_lost.inc(sum(max(0, leg.lost) for leg in legs))
 
     def _then(self, entry: _Open, work: Callable[[Connection], Any]) -> None:
         """Run `work` in the store after the call's previous write, without waiting for it."""

@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from media import MediaTimeout, Relay
+from media.metrics import RelayCollector
 from switch.b2bua.service import B2bua
 from switch.ban import BanList
 from switch.cdr import CallRecorder
@@ -78,6 +79,8 @@ class Daemon:
         if config.media.relay:
             self.relay = Relay(config.media.relay_config(), on_timeout=self._on_media_timeout)
             self.b2bua.media = self.b2bua.relay_media(self.relay)
+            # RTP counters are read from the relay at scrape time, live calls included.
+            self.metrics.registry.register(RelayCollector(self.relay))
         self.b2bua.attach()
         for spec in config.sip.listen:
             if spec.transport == "udp":
@@ -102,7 +105,6 @@ class Daemon:
 
     def _on_media_timeout(self, event: MediaTimeout) -> None:
         assert self.b2bua is not None and self.records is not None
-        self.metrics.media_timeouts.inc()
         self.records.media_timeout(event.call_id)
         self.b2bua.on_media_timeout(event)
 

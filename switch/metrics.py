@@ -47,19 +47,6 @@ class Metrics:
         self.calls_total = Counter(
             "softswitch_calls", "Calls ended, by disposition", ["disposition"], registry=r
         )
-        # Counted from each call's relay session when the call ends: "in" from the phones,
-        # "out" towards them.
-        self.rtp_packets = Counter(
-            "softswitch_rtp_packets", "RTP packets of ended calls", ["direction"], registry=r
-        )
-        self.rtp_packets_lost = Counter(
-            "softswitch_rtp_packets_lost",
-            "RTP packets the phones' streams lost on the way to us (RFC 3550 A.3)",
-            registry=r,
-        )
-        self.media_timeouts = Counter(
-            "softswitch_media_timeouts", "Calls the relay found silent for too long", registry=r
-        )
         self.dropped_from_banned = Counter(
             "softswitch_banned_packets", "Packets dropped from blocked sources", registry=r
         )

@@ -1,0 +1,134 @@
+"""The processes `bench/media_relay.py` measures besides rtpengine (not run by hand).
+
+    media_relay_server.py relay [--port-min P --port-max P]   softswitch's media.Relay
+    media_relay_server.py echo                                 the generator's reflector
+
+relay: the daemon's setting (one asyncio loop, uvloop when installed, `media.Relay` with
+latching and counters on) driven by JSON lines on stdin, one answer line each on stdout:
+
+    {"op": "calls", "n": N, "a": [host, port], "b": [host, port]}
+        -> {"ports": [[a_rtp, b_rtp], ...]}   allocate N sessions; both SDP remotes set
+    {"op": "totals"} -> the relay's RelayTotals as an object
+    end of input -> exit
+
+echo: two sockets that send every datagram back to its sender in recvmmsg/sendmmsg batches:
+no Python per packet, so generator -> echo -> generator shows what the generator and the
+kernel manage without a relay. Prints {"ports": [a, b]} and runs until stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import resource
+import select
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+
+def _raise_fd_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _reply(value: object) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def run_echo() -> None:
+    from media_relay_mmsg import Receiver, udp_socket
+
+    socks = [udp_socket(), udp_socket()]
+    receivers = {s.fileno(): Receiver(s, timestamps=False) for s in socks}
+    poll = select.epoll()
+    for s in socks:
+        poll.register(s.fileno(), select.EPOLLIN)
+    poll.register(sys.stdin.fileno(), select.EPOLLIN)
+    _reply({"ports": [s.getsockname()[1] for s in socks]})
+    while True:
+        for fd, _ in poll.poll():
+            if fd == sys.stdin.fileno():
+                if not os.read(fd, 4096):
+                    return
+                continue
+            receiver = receivers[fd]
+            while (n := receiver.recv()) > 0:
+                receiver.echo(n)
+                if n < receiver.batch:
+                    break
+
+
+async def run_relay(args: argparse.Namespace) -> None:
+    import structlog
+
+    from media import Relay, RelayConfig, Side
+
+    # Warnings only, and never on stdout: that is the control channel.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    loop = asyncio.get_running_loop()
+    relay = Relay(RelayConfig(address="127.0.0.1", port_min=args.port_min, port_max=args.port_max))
+    done = loop.create_future()
+    pending = b""
+
+    def on_stdin() -> None:
+        nonlocal pending
+        chunk = os.read(sys.stdin.fileno(), 65536)
+        if not chunk:
+            loop.remove_reader(sys.stdin.fileno())
+            done.set_result(None)
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            if request["op"] == "calls":
+                ports = []
+                for i in range(request["n"]):
+                    session = relay.allocate(f"bench-{i}")
+                    session.set_remote(Side.A, *request["a"])
+                    session.set_remote(Side.B, *request["b"])
+                    ports.append([session.local(Side.A).rtp_port, session.local(Side.B).rtp_port])
+                _reply({"ports": ports})
+            elif request["op"] == "totals":
+                _reply(dataclasses.asdict(relay.totals()))
+
+    if os.environ.get("NOGC"):
+        import gc
+
+        gc.disable()
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    _reply({"ready": True, "loop": type(loop).__module__})
+    await done
+    relay.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["relay", "echo"])
+    parser.add_argument("--port-min", type=int, default=20000)
+    parser.add_argument("--port-max", type=int, default=59999)
+    args = parser.parse_args()
+    _raise_fd_limit()
+    if args.mode == "echo":
+        run_echo()
+        return
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run_relay(args))
+    else:
+        uvloop.run(run_relay(args))
+
+
+if __name__ == "__main__":
+    main()
