@@ -9,9 +9,9 @@ moves `ended_at` of their rows forward: a daemon killed mid-call leaves 'active'
 call, finished or not.
 
 It does not decide anything about the call: it listens to the call-control events (``CCEvent*``)
-and reads the call and its relay session when the call is over. It also counts ended calls and
-their RTP in the metrics. Not done here: the codec (the relay does not know it yet), DIDs and
-directions other than 'internal' (no trunks yet), recordings, and telling rows of several
+and reads the call and its relay session when the call is over. It also counts ended calls in
+the metrics (RTP counters come from the relay itself, live: media.metrics). Not done here: DIDs
+and directions other than 'internal' (no trunks yet), recordings, and telling rows of several
 switch nodes sharing one PostgreSQL apart at recovery.
 """
 
@@ -367,6 +367,7 @@ def _legs(call: Call) -> tuple[LegRecord, ...]:
         remote_tag=request.from_.tag,
         status=status,
         answered=status == 200,
+        codec=call.media.codec,
     )
     legs = [caller]
     stats: SessionStats | None = None
@@ -387,6 +388,7 @@ def _legs(call: Call) -> tuple[LegRecord, ...]:
             remote_tag=winner.id.remote_tag if won and winner is not None else None,
             status=fork.final,
             answered=won,
+            codec=call.media.codec if won else None,
         )
         legs.append(leg.with_media(stats.b) if won and stats is not None else leg)
     if stats is not None:

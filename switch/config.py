@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     ValidationError,
@@ -134,6 +135,12 @@ class Media(_Section):
     port_min: int = Field(default=30000, ge=1024, le=65535)
     port_max: int = Field(default=39999, ge=1024, le=65535)
     timeout: PositiveInt = 60  # seconds without RTP from a talking phone before the call ends
+    hold_timeout: PositiveInt = 3600  # the same for a phone on hold or one that never sent
+    # Symmetric RTP latching (media.latch): seconds after each offer/answer in which a phone's
+    # real source (behind NAT) is learned; then it is locked and other senders are dropped.
+    latch_window: PositiveFloat = 3.0
+    strict_source: bool = False  # accept media only from the SDP address (fixed trunks)
+    relatch_on_ssrc: bool = True  # a locked stream may move when its SSRC comes from elsewhere
 
     @model_validator(mode="after")
     def _relay_accepts(self) -> Self:
@@ -150,6 +157,10 @@ class Media(_Section):
             port_min=self.port_min,
             port_max=self.port_max,
             timeout=float(self.timeout),
+            silent_timeout=float(self.hold_timeout),
+            latch_window=self.latch_window,
+            strict_source=self.strict_source,
+            relatch_on_ssrc=self.relatch_on_ssrc,
         )
 
 
@@ -440,6 +451,10 @@ _EXPECTED = {
     "int_parsing": "an integer",
     "int_from_float": "an integer",
     "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "float_type": "a number",
+    "float_parsing": "a number",
     "path_type": "a file path",
     "tuple_type": "a list",
     "model_type": "a mapping of keys",

@@ -211,6 +211,19 @@ def test_each_mistake_names_its_line(tmp_path: Path, old: str, new: str, expecte
     assert problems(tmp_path, example_with(old, new)) == [expected]
 
 
+def test_media_latching_options(tmp_path: Path) -> None:
+    media = "media:\n  latch_window: 0\n  strict_source: maybe\n  hold_timeout: soon\n"
+    assert problems(tmp_path, media + MINIMAL) == [
+        "F:2: media.latch_window: got '0' (expected a number greater than 0.0)",
+        "F:3: media.strict_source: got 'maybe' (expected true or false)",
+        "F:4: media.hold_timeout: got 'soon' (expected an integer)",
+    ]
+    good = tmp_path / "good.yaml"
+    good.write_text("media:\n  latch_window: 1.5\n  strict_source: true\n" + MINIMAL)
+    relay = load_config(good).media.relay_config()
+    assert (relay.latch_window, relay.strict_source, relay.relatch_on_ssrc) == (1.5, True, True)
+
+
 def test_missing_tenants(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().split("tenants:")[0]
     assert problems(tmp_path, text) == ["F:5: missing required key 'tenants'"]

@@ -18,14 +18,18 @@ held call. Not done here: ICE candidates, SRTP keys.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
 from media import RelaySession, Side
-from switch.sip.sdp import Connection, SdpError, parse_sdp
+from switch.sip.sdp import Connection, Media, SdpError, parse_sdp
 
 
 class MediaSession(Protocol):
+    # The voice codec of the callee's last SDP (its answer: what both phones send), if known.
+    codec: str | None
+
     def offer(self, sdp: bytes) -> bytes:
         """The caller's SDP (offer, or answer to a re-INVITE) as the callee should see it."""
 
@@ -41,14 +45,26 @@ MediaFactory = Callable[[str], MediaSession]  # call id -> session
 class PassThrough:
     """No media path of our own: SDP goes end to end unchanged."""
 
+    def __init__(self) -> None:
+        self.codec: str | None = None
+
     def offer(self, sdp: bytes) -> bytes:
         return sdp
 
     def answer(self, sdp: bytes) -> bytes:
+        # A body we cannot parse is not ours to judge here: the phones negotiate end to end.
+        with contextlib.suppress(SdpError):
+            self.codec = _codec(parse_sdp(sdp).media)
         return sdp
 
     def close(self) -> None:
         return None
+
+
+def _codec(streams: list[Media]) -> str | None:
+    audio = next((m for m in streams if m.kind == "audio" and m.port != 0), None)
+    voice = audio.voice_codec() if audio is not None else None
+    return voice[0] if voice is not None else None
 
 
 def pass_through(call_id: str) -> MediaSession:
@@ -61,6 +77,7 @@ class RelayMedia:
     def __init__(self, session: RelaySession) -> None:
         self.session = session
         self.held = False
+        self.codec: str | None = None
 
     def offer(self, sdp: bytes) -> bytes:
         return self._through(sdp, Side.A)
@@ -86,7 +103,14 @@ class RelayMedia:
             assert connection is not None  # parse_sdp refuses a stream without c=
             rtcp = next(iter(media.attributes("rtcp")), None)
             rtcp_port = int(rtcp.split()[0]) if rtcp and rtcp.split()[0].isdigit() else None
-            self.session.set_remote(side, connection.address, media.port, rtcp_port)
+            voice = media.voice_codec()
+            if side is Side.B and voice is not None:
+                self.codec = voice[0]
+            # The RTP clock of the voice codec, for the jitter counters (G.722 says 8000 too).
+            rate = voice[1] if voice is not None else 8000
+            self.session.set_remote(
+                side, connection.address, media.port, rtcp_port, clock_rate=rate
+            )
             media.port = local.rtp_port
             media.lines = [
                 ("a", f"rtcp:{local.rtcp_port}") if k == "a" and v.startswith("rtcp:") else (k, v)

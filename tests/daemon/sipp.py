@@ -60,6 +60,7 @@ def run_sipp(
     rate: int = 10,
     timeout: float = 15.0,
     recv_timeout_ms: int | None = None,
+    media_port: int | None = None,
 ) -> SippResult:
     """Run one scenario from tests/daemon/scenarios for `calls` calls and wait for it."""
     assert SIPP is not None, "sipp is not installed"
@@ -85,6 +86,8 @@ def run_sipp(
         command += ["-inf", str(users_file(folder, users))]
     for name, value in (keys or {}).items():
         command += ["-key", name, value]
+    if media_port is not None:  # where its RTP (rtp_stream) leaves from and [media_port]
+        command += ["-mi", local_ip, "-mp", str(media_port)]
     if recv_timeout_ms is not None:
         command += ["-recv_timeout", str(recv_timeout_ms)]
     try:
