@@ -39,6 +39,7 @@ from switch.b2bua.call import (
     Side,
 )
 from switch.b2bua.media import RelayMedia
+from switch.endpoint import NO_RESPONSE
 from switch.metrics import Metrics
 from switch.sip.errors import ParseError
 from switch.sip.message import Request
@@ -336,8 +337,8 @@ def finished(
         result = disposition(event.status, cancelled=cancelled)
         if cancelled:
             by = HangupBy.CALLER
-        elif any(fork.final == event.status for fork in call.forks):
-            by = HangupBy.CALLEE
+        elif any(f.final == event.status and f.reason != NO_RESPONSE for f in call.forks):
+            by = HangupBy.CALLEE  # its phone said so (a 408 of our Timer B is ours)
         else:
             by = HangupBy.SYSTEM
         cause = f"{event.status} {event.reason}".strip()

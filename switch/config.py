@@ -95,6 +95,9 @@ class Sip(_Section):
     )
     public_address: str | None = Field(default=None, min_length=1)
     user_agent: str = Field(default="softswitch", min_length=1)
+    # RFC 3261 T1, the round-trip estimate (s): retransmissions over UDP start at T1 and an
+    # unanswered request gives up after 64*T1 (Timer B/F: 32 s at the default 0.5).
+    t1: float = Field(default=0.5, ge=0.05, le=5.0)
 
 
 class Registrar(_Section):

@@ -50,7 +50,7 @@ from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
 from switch.sip.headers import NameAddr
 from switch.sip.message import Headers, Request, Response, new_tag
-from switch.sip.transaction import T1, T2, ClientTransaction
+from switch.sip.transaction import T2, ClientTransaction
 from switch.transport import Peer
 
 log = structlog.get_logger()
@@ -131,6 +131,7 @@ class Fork:
         self.request = request
         self.txn: ClientTransaction | None = None
         self.final: int | None = None
+        self.reason = ""  # of the final response
 
 
 class Call:
@@ -212,7 +213,7 @@ class Call:
                 self._respond_a(status, response.reason, early)
                 self._emit(CCEventRing(status))
             return
-        fork.final = status
+        fork.final, fork.reason = status, response.reason
         if status >= 300:
             self._after_fork_failure()
             return
@@ -259,7 +260,7 @@ class Call:
         self._emit(CCEventConnect())
         if not a.peer.reliable:
             self._a_ok = ok
-            self._retransmit_ok(T1, 0.0)
+            self._retransmit_ok(self.endpoint.t1, 0.0)
 
     def _after_fork_failure(self) -> None:
         if self.state not in (CallState.TRYING, CallState.RINGING):
@@ -321,7 +322,7 @@ class Call:
         self._timer = None
         if self._a_ok is None or self.state is not CallState.CONNECTED:
             return
-        if waited >= 64 * T1:
+        if waited >= 64 * self.endpoint.t1:
             # 64*T1 without an ACK: the caller is gone; end the call (§13.3.1.4)
             log.info("no ACK from the caller", call_id=self.id)
             self._hang_up(None)
@@ -462,7 +463,7 @@ class Call:
             return
         reinvite.ok, reinvite.ack_cseq = ours, response.cseq.number
         if not incoming.peer.reliable:
-            self._resend_reinvite_ok(reinvite, T1, 0.0)
+            self._resend_reinvite_ok(reinvite, self.endpoint.t1, 0.0)
 
     def _resend_reinvite_ok(self, reinvite: Reinvite, interval: float, waited: float) -> None:
         """Our 2xx to a re-INVITE until its ACK (§13.3.1.4), as for the first INVITE."""
@@ -475,7 +476,7 @@ class Call:
         reinvite.timer = None
         if self._reinvite is not reinvite or reinvite.ok is None:
             return
-        if waited >= 64 * T1:
+        if waited >= 64 * self.endpoint.t1:
             log.info("no ACK for a re-INVITE", call_id=self.id)
             self._hang_up(None)  # §14.2: no ACK for a re-INVITE's 2xx ends the dialog
             return
