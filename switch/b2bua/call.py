@@ -38,25 +38,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from switch.b2bua.forks import Fork, Forks, Target, ignore, invite
 from switch.b2bua.media import MediaSession
 from switch.endpoint import ServerRequest, SipEndpoint, response_peer
 from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
-from switch.sip.headers import NameAddr
-from switch.sip.message import Headers, Request, Response, new_tag
-from switch.sip.transaction import T1, T2, ClientTransaction
+from switch.sip.message import Request, Response
+from switch.sip.transaction import T1, T2
 from switch.transport import Peer
 
 log = structlog.get_logger()
-
-# RFC 3326 §2, RFC 3261 §9.1: tells the other phones not to log a missed call.
-REASON_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 
 
 class CallState(enum.Enum):
@@ -104,14 +100,6 @@ class CCEventFail:
 CCEvent = CCEventTry | CCEventRing | CCEventConnect | CCEventDisconnect | CCEventFail
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One contact of the callee and where to reach it."""
-
-    uri: str
-    peer: Peer
-
-
 @dataclass(slots=True)
 class Reinvite:
     """A re-INVITE from ``side`` on its way through the other leg (§14)."""
@@ -121,16 +109,6 @@ class Reinvite:
     ok: Response | None = None  # our 2xx to it, retransmitted until its ACK (§13.3.1.4)
     ack_cseq: int = 0  # the other leg's 2xx waits for that ACK to be ACKed
     timer: asyncio.TimerHandle | None = None
-
-
-class Fork:
-    """One INVITE of leg B to one contact."""
-
-    def __init__(self, target: Target, request: Request) -> None:
-        self.target = target
-        self.request = request
-        self.txn: ClientTransaction | None = None
-        self.final: int | None = None
 
 
 class Call:
@@ -152,12 +130,18 @@ class Call:
         self.dialogs = dialogs  # the owner's index of in-dialog requests, shared by all calls
         self.state = CallState.TRYING
         self.id = incoming.request.call_id  # the caller's Call-ID names the call in logs
-        self.forks: list[Fork] = []
+        self.leg_b = Forks(
+            endpoint,
+            ring_timeout=ring_timeout,
+            on_ring=self._on_ring,
+            on_answer=self._on_answer,
+            on_fail=self._fail,
+        )
         self.a_dialog: Dialog | None = None
         self.b_dialog: Dialog | None = None
         self.b_peer: Peer | None = None
         self._a_ok: Response | None = None  # our 2xx to A, retransmitted until A's ACK
-        self._timer: asyncio.TimerHandle | None = None  # ring timeout, then 2xx retransmission
+        self._timer: asyncio.TimerHandle | None = None  # our 2xx to A, until its ACK
         self._reinvite: Reinvite | None = None
         self._b_ack: int | None = None  # late offer: the CSeq of B's 2xx, ACKed with A's answer
         self._held_back: ServerRequest | None = None  # B's re-INVITE, until A's ACK comes
@@ -173,56 +157,33 @@ class Call:
         except ParseError as exc:
             self._fail(488, f"Not Acceptable Here ({exc})"[:120])
             return
-        for target in targets:
-            self.forks.append(Fork(target, self._invite(target, callee_aor, max_forwards, offer)))
-        self._emit(CCEventTry(caller, callee_aor, len(self.forks)))
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.ring_timeout, self._on_ring_timeout)
-        for fork in self.forks:
-            on_response = functools.partial(self._on_fork_response, fork)
-            fork.txn = self.endpoint.send_request(fork.request, fork.target.peer, on_response)
-
-    def _invite(self, target: Target, callee_aor: str, max_forwards: int, body: bytes) -> Request:
-        a = self.incoming.request
-        caller = a.from_
-        headers = Headers()
-        headers.add("Max-Forwards", str(max_forwards))
-        # The caller's identity, our tag: leg B is a dialog of our own (§12.1.2).
-        headers.add("From", str(NameAddr(caller.uri, caller.display, (("tag", new_tag()),))))
-        headers.add("To", f"<{callee_aor}>")
-        headers.add("Call-ID", f"{secrets.token_hex(12)}@softswitch")
-        headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", self.endpoint.contact_for(target.peer))
-        headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")
         content_type = a.headers.get("Content-Type")
-        if body and content_type is not None:
-            headers.add("Content-Type", content_type)
-        return Request("INVITE", target.uri, headers, body)
+        forks = [
+            Fork(target, invite(self.endpoint, target, a.from_, callee_aor,
+                                max_forwards=max_forwards, body=offer, content_type=content_type))
+            for target in targets
+        ]  # fmt: skip
+        self._emit(CCEventTry(caller, callee_aor, len(forks)))
+        self.leg_b.start(forks)
 
-    def _on_fork_response(self, fork: Fork, response: Response) -> None:
-        status = response.status
-        if status < 200:
-            if status > 100 and self.state in (CallState.TRYING, CallState.RINGING):
-                self.state = CallState.RINGING
-                try:
-                    early = self.media.answer(response.body) if _is_sdp(response) else b""
-                except ParseError as exc:
-                    log.info("bad SDP in a provisional response", call_id=self.id, error=str(exc))
-                    early = b""
-                self._respond_a(status, response.reason, early)
-                self._emit(CCEventRing(status))
-            return
-        fork.final = status
-        if status >= 300:
-            self._after_fork_failure()
-            return
-        dialog = Dialog.uac(fork.request, response)
-        ack = dialog.ack(fork.request.cseq.number)
+    @property
+    def forks(self) -> list[Fork]:
+        return self.leg_b.forks
+
+    def _on_ring(self, response: Response) -> None:
         if self.state not in (CallState.TRYING, CallState.RINGING):
-            # A second fork answered (or the caller left) before its CANCEL arrived.
-            self.endpoint.send_ack(ack, fork.target.peer)
-            self.endpoint.send_request(dialog.request("BYE"), fork.target.peer, _ignore)
             return
+        self.state = CallState.RINGING
+        try:
+            early = self.media.answer(response.body) if _is_sdp(response) else b""
+        except ParseError as exc:
+            log.info("bad SDP in a provisional response", call_id=self.id, error=str(exc))
+            early = b""
+        self._respond_a(response.status, response.reason, early)
+        self._emit(CCEventRing(response.status))
+
+    def _on_answer(self, fork: Fork, dialog: Dialog, response: Response) -> None:
+        ack = dialog.ack(fork.request.cseq.number)
         late = not fork.request.body and _is_sdp(response)
         try:
             answer = self.media.answer(response.body) if _is_sdp(response) else b""
@@ -231,8 +192,7 @@ class Call:
             # ACK first), and the caller hears a failure.
             log.info("bad SDP from the callee", call_id=self.id, error=str(exc))
             self.endpoint.send_ack(ack, fork.target.peer)
-            self.endpoint.send_request(dialog.request("BYE"), fork.target.peer, _ignore)
-            self._cancel_forks()
+            self.endpoint.send_request(dialog.request("BYE"), fork.target.peer, ignore)
             self._fail(500, "Bad SDP from the callee")
             return
         if late:
@@ -244,13 +204,9 @@ class Call:
         self._connect(fork, dialog, answer)
 
     def _connect(self, winner: Fork, dialog: Dialog, answer: bytes) -> None:
-        self._stop_timer()
         self.state = CallState.CONNECTED
         self.b_dialog, self.b_peer = dialog, winner.target.peer
         self.dialogs[dialog.id] = self
-        for fork in self.forks:
-            if fork is not winner and fork.final is None and fork.txn is not None:
-                self.endpoint.cancel(fork.txn, REASON_ELSEWHERE)
         ok = self._respond_a(200, "OK", answer)
         a = self.incoming
         contact = self.endpoint.contact_for(a.peer)
@@ -261,43 +217,24 @@ class Call:
             self._a_ok = ok
             self._retransmit_ok(T1, 0.0)
 
-    def _after_fork_failure(self) -> None:
+    def _fail(self, status: int, reason: str) -> None:
         if self.state not in (CallState.TRYING, CallState.RINGING):
             return
-        finals = [fork.final for fork in self.forks]
-        if any(status is None for status in finals):
-            return
-        status = best_failure([s for s in finals if s is not None])
-        self._fail(status, "")
-
-    def _fail(self, status: int, reason: str) -> None:
-        self._stop_timer()
+        self.leg_b.stop()
         self.state = CallState.FAILED
         response = self._respond_a(status, reason or None)
         self._emit(CCEventFail(status, response.reason))
         self._end()
 
-    def _on_ring_timeout(self) -> None:
-        self._timer = None
-        if self.state in (CallState.TRYING, CallState.RINGING):
-            self._cancel_forks()
-            self._fail(480, "No Answer")
-
     def _on_cancel(self, cancel: Request) -> None:
         """The caller's CANCEL (§9.2): cancel every fork, 487 to the INVITE."""
         if self.state not in (CallState.TRYING, CallState.RINGING):
             return
-        self._stop_timer()
-        self._cancel_forks()
+        self.leg_b.stop()
         self.state = CallState.CANCELLED
         response = self._respond_a(487, None)
         self._emit(CCEventFail(487, response.reason))
         self._end()
-
-    def _cancel_forks(self) -> None:
-        for fork in self.forks:
-            if fork.final is None and fork.txn is not None:
-                self.endpoint.cancel(fork.txn)
 
     def _respond_a(self, status: int, reason: str | None, sdp: bytes = b"") -> Response:
         """Our response to the caller's INVITE, with ``sdp`` already rewritten for it."""
@@ -527,7 +464,7 @@ class Call:
             if dialog is None or peer is None:
                 continue
             if side is not by:
-                self.endpoint.send_request(dialog.request("BYE"), peer, _ignore)
+                self.endpoint.send_request(dialog.request("BYE"), peer, ignore)
             dialog.terminate()
         self._emit(CCEventDisconnect(by))
         self._end()
@@ -558,23 +495,6 @@ class Call:
         return f"<Call {self.id} {self.state.value}>"
 
 
-def best_failure(statuses: list[int]) -> int:
-    """The final response for the caller when every fork failed (after §16.7 step 6).
-
-    A 6xx is definitive; a busy phone says more than an unreachable one; else
-    the lowest class wins, a 408 (no response at all) only when nothing else came.
-    """
-    if not statuses:
-        return 480
-    six = [s for s in statuses if s >= 600]
-    if six:
-        return min(six)
-    if 486 in statuses:
-        return 486
-    answered = [s for s in statuses if s != 408]
-    return min(answered) if answered else 408
-
-
 def _other(side: Side) -> Side:
     return Side.B if side is Side.A else Side.A
 
@@ -582,7 +502,3 @@ def _other(side: Side) -> Side:
 def _is_sdp(message: Request | Response) -> bool:
     content_type = message.headers.get("Content-Type") or ""
     return bool(message.body) and content_type.split(";")[0].strip().lower() == "application/sdp"
-
-
-def _ignore(response: Response) -> None:
-    """Responses to a BYE of ours: the call is over whatever they say (§15.1.1)."""

@@ -32,8 +32,8 @@ from switch.b2bua.call import (
     CCEvent,
     CCEventDisconnect,
     CCEventFail,
-    Target,
 )
+from switch.b2bua.forks import Target
 from switch.b2bua.media import MediaFactory, MediaSession, RelayMedia, pass_through
 from switch.cdr import CallRecorder
 from switch.config import Config
