@@ -30,7 +30,15 @@ A first INVITE without SDP (late offer, §13.2.1) goes to B without SDP too;
 B's 2xx carries the offer to A, and B's ACK waits for A's with the answer.
 A 2xx whose SDP we cannot relay ends the call: ACK and BYE to B, 500 to A.
 
-Not done here: REFER, PRACK, early media without a 18x to A, and 3xx redirection.
+Transfer (``switch.b2bua.transfer``) changes who is on a side: a REFER's
+target, the far phone of an attended transfer's other call, or a phone
+sending INVITE with Replaces takes that side's leg (``replace_leg``); the
+transferor's old leg is kept in ``departed`` until its BYE, and in-dialog
+requests on it get 481. While a transfer's target rings, a BYE from the
+transferor leaves the call up for the target (RFC 5589 §6.1); a hang-up of
+the other phone cancels the target's forks.
+
+Not done here: PRACK, early media without a 18x to A, and 3xx redirection.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -51,6 +60,9 @@ from switch.sip.errors import ParseError
 from switch.sip.message import Request, Response
 from switch.sip.transaction import T1, T2
 from switch.transport import Peer
+
+if TYPE_CHECKING:
+    from switch.b2bua.transfer import Departed, Resend, Transfer, TransferRecord
 
 log = structlog.get_logger()
 
@@ -89,6 +101,19 @@ class CCEventConnect:
 @dataclass(frozen=True, slots=True)
 class CCEventDisconnect:
     by: Side | None  # None: the switch ended the call (no media, no ACK)
+    transferred: bool = False  # the side ``by`` left by transferring the other (attended)
+
+
+@dataclass(frozen=True, slots=True)
+class CCEventTransfer:
+    """A new party took the place of ``side`` (status 200), or the attempt failed."""
+
+    kind: str  # blind, attended, replaces
+    side: Side
+    by: str | None  # the transferor's extension; None when the new phone replaced itself
+    replaced: str  # the extension that left the call (or would have)
+    target: str
+    status: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +122,9 @@ class CCEventFail:
     reason: str
 
 
-CCEvent = CCEventTry | CCEventRing | CCEventConnect | CCEventDisconnect | CCEventFail
+CCEvent = (
+    CCEventTry | CCEventRing | CCEventConnect | CCEventDisconnect | CCEventFail | CCEventTransfer
+)
 
 
 @dataclass(slots=True)
@@ -140,6 +167,13 @@ class Call:
         self.a_dialog: Dialog | None = None
         self.b_dialog: Dialog | None = None
         self.b_peer: Peer | None = None
+        self.a_peer = incoming.peer
+        self.tenant = ""
+        self.users: dict[Side, str] = {}  # the extension on each side (the service's)
+        self.transfer: Transfer | None = None  # a REFER whose target is ringing
+        self.transfers: list[TransferRecord] = []  # every change of party, for the record
+        self.departed: dict[DialogId, Departed] = {}  # transferors' legs waiting for BYE
+        self.unacked: dict[DialogId, Resend] = {}  # our 2xx to an INVITE with Replaces
         self._a_ok: Response | None = None  # our 2xx to A, retransmitted until A's ACK
         self._timer: asyncio.TimerHandle | None = None  # our 2xx to A, until its ACK
         self._reinvite: Reinvite | None = None
@@ -169,6 +203,11 @@ class Call:
     @property
     def forks(self) -> list[Fork]:
         return self.leg_b.forks
+
+    @property
+    def answered_by(self) -> Dialog | None:
+        """The dialog of the callee's phone that answered (leg B may change hands later)."""
+        return self.leg_b.dialog
 
     def _on_ring(self, response: Response) -> None:
         if self.state not in (CallState.TRYING, CallState.RINGING):
@@ -268,6 +307,12 @@ class Call:
         self._retransmit_ok(min(2 * interval, T2), waited)
 
     def on_ack(self, request: Request, dialog_id: DialogId) -> None:
+        unacked = self.unacked.get(dialog_id)
+        if unacked is not None:
+            unacked.acked()
+            return
+        if dialog_id in self.departed:
+            return
         side = self._side_of(dialog_id)
         number = request.cseq.number
         first = number == self.incoming.request.cseq.number
@@ -309,7 +354,7 @@ class Call:
     def on_2xx_again(self, response: Response, dialog_id: DialogId) -> None:
         """A retransmitted 2xx: our ACK was lost; send it again (§13.2.2.4)."""
         reinvite = self._reinvite
-        if self.state is not CallState.CONNECTED:
+        if self.state is not CallState.CONNECTED or dialog_id in self.departed:
             return
         side = self._side_of(dialog_id)
         if reinvite is not None and reinvite.ack_cseq == response.cseq.number:
@@ -324,7 +369,7 @@ class Call:
     def on_request(self, incoming: ServerRequest, dialog_id: DialogId) -> None:
         """The same request in the other leg; its response comes back to the sender."""
         request = incoming.request
-        if self.state is not CallState.CONNECTED:
+        if self.state is not CallState.CONNECTED or dialog_id in self.departed:
             incoming.respond(request.response(481, None, incoming.to_tag))
             return
         side = self._side_of(dialog_id)
@@ -421,14 +466,63 @@ class Call:
         self._resend_reinvite_ok(reinvite, min(2 * interval, T2), waited)
 
     def _side_of(self, dialog_id: DialogId) -> Side:
-        return Side.A if self.a_dialog is not None and dialog_id == self.a_dialog.id else Side.B
+        return self.side_of(dialog_id) or Side.B
 
     def _leg(self, side: Side) -> tuple[Dialog, Peer]:
-        dialog, peer = (
-            (self.a_dialog, self.incoming.peer) if side is Side.A else (self.b_dialog, self.b_peer)
-        )
+        dialog, peer = self.leg_of(side)
         assert dialog is not None and peer is not None  # both exist once CONNECTED
         return dialog, peer
+
+    def leg_of(self, side: Side) -> tuple[Dialog | None, Peer | None]:
+        """The dialog of ``side``'s phone and where its requests go."""
+        return (self.a_dialog, self.a_peer) if side is Side.A else (self.b_dialog, self.b_peer)
+
+    def side_of(self, dialog_id: DialogId) -> Side | None:
+        """The side whose phone is in ``dialog_id`` now; None for a departed transferor."""
+        for side in Side:
+            dialog, _ = self.leg_of(side)
+            if dialog is not None and dialog.id == dialog_id:
+                return side
+        return None
+
+    # -- transfer (switch.b2bua.transfer) -------------------------------------
+
+    def replace_leg(
+        self, side: Side, dialog: Dialog, peer: Peer
+    ) -> tuple[Dialog | None, Peer | None]:
+        """``dialog`` takes the place of ``side``'s leg; the old leg is returned, unindexed."""
+        old = self.leg_of(side)
+        if old[0] is not None:
+            self.dialogs.pop(old[0].id, None)
+        if side is Side.A:
+            self.a_dialog, self.a_peer = dialog, peer
+        else:
+            self.b_dialog, self.b_peer = dialog, peer
+        self.dialogs[dialog.id] = self
+        return old
+
+    def transferred(self, record: TransferRecord) -> None:
+        """A transfer of ``record.side`` succeeded (the new party is in) or failed."""
+        replaced = self.users.get(record.side, "")
+        if record.status == 200:
+            self.users[record.side] = record.target
+        self._emit(CCEventTransfer(record.kind.value, record.side, record.by, replaced,
+                                   record.target, record.status or 0))  # fmt: skip
+
+    def hand_over(self, keep: Side) -> tuple[Dialog, Peer]:
+        """Give ``keep``'s leg to another call (attended transfer) and end this one:
+        BYE to the other side, the transferor, whose transfer this is."""
+        leg = self._leg(keep)
+        self.dialogs.pop(leg[0].id, None)
+        if keep is Side.A:
+            self.a_dialog = None
+        else:
+            self.b_dialog = None
+        self._hang_up(_other(keep), transferred=True, bye=True)
+        return leg
+
+    def hang_up(self, by: Side | None) -> None:
+        self._hang_up(by)
 
     def _rewrite(self, side: Side) -> Callable[[bytes], bytes]:
         """SDP from the phone of ``side`` as the other phone must see it."""
@@ -437,36 +531,54 @@ class Call:
     # -- tearing down --------------------------------------------------------
 
     def on_bye(self, incoming: ServerRequest, dialog_id: DialogId) -> None:
-        by = Side.A if self.a_dialog is not None and dialog_id == self.a_dialog.id else Side.B
-        dialog = self.a_dialog if by is Side.A else self.b_dialog
-        assert dialog is not None
+        departed = self.departed.get(dialog_id)
+        if departed is not None:
+            departed.on_bye(incoming)
+            return
+        by = self.side_of(dialog_id)
+        dialog, _ = self.leg_of(by) if by is not None else (None, None)
+        if by is None or dialog is None:
+            incoming.respond(incoming.request.response(481, None, incoming.to_tag))
+            return
         status = dialog.receive_request(incoming.request)
         incoming.respond(incoming.request.response(status or 200, None, incoming.to_tag))
-        if status is None:
-            self._hang_up(by)
+        if status is not None:
+            return
+        transfer = self.transfer
+        if transfer is not None and transfer.side is by and not transfer.transferor_left:
+            # The transferor hangs up while its target rings: the transferee waits for it.
+            transfer.on_transferor_bye()
+            self.dialogs.pop(dialog_id, None)
+            return
+        self._hang_up(by)
 
     def media_timeout(self) -> None:
         """The relay saw no RTP for too long: the phones are gone or cut off."""
         self._hang_up(None)
 
-    def _hang_up(self, by: Side | None) -> None:
-        """End both legs: BYE to each side that did not hang up itself."""
+    def _hang_up(self, by: Side | None, *, transferred: bool = False, bye: bool = False) -> None:
+        """End both legs: BYE to each side that did not hang up itself (``bye``: to all)."""
         if self.state is not CallState.CONNECTED:
             return
         self._stop_timer()
         self.state = CallState.DISCONNECTED
+        transfer = self.transfer
+        if transfer is not None:
+            transfer.abort()
+            if transfer.transferor_left:
+                by = by if by is not None else transfer.side  # nobody to BYE there
         if self._b_ack is not None and self.b_dialog is not None and self.b_peer is not None:
             # no answer came from the caller; §13.2.2.4 still wants the 2xx ACKed before BYE
             self.endpoint.send_ack(self.b_dialog.ack(self._b_ack), self.b_peer)
             self._b_ack = None
-        legs = {Side.A: (self.a_dialog, self.incoming.peer), Side.B: (self.b_dialog, self.b_peer)}
-        for side, (dialog, peer) in legs.items():
+        for side in Side:
+            dialog, peer = self.leg_of(side)
             if dialog is None or peer is None:
                 continue
-            if side is not by:
+            if side is not by or bye:
                 self.endpoint.send_request(dialog.request("BYE"), peer, ignore)
             dialog.terminate()
-        self._emit(CCEventDisconnect(by))
+        self._emit(CCEventDisconnect(by, transferred))
         self._end()
 
     def _end(self) -> None:
@@ -481,6 +593,10 @@ class Call:
         for dialog in (self.a_dialog, self.b_dialog):
             if dialog is not None:
                 self.dialogs.pop(dialog.id, None)
+        for departed in list(self.departed.values()):
+            departed.bye()
+        for unacked in list(self.unacked.values()):
+            unacked.acked()
         self.media.close()
 
     def _stop_timer(self) -> None:

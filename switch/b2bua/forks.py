@@ -31,7 +31,7 @@ from switch.transport import Peer
 
 # RFC 3326 §2, RFC 3261 §9.1: tells the other phones not to log a missed call.
 REASON_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,7 @@ class Forks:
         self.on_fail = on_fail
         self.forks: list[Fork] = []
         self.winner: Fork | None = None
+        self.dialog: Dialog | None = None  # the winner's dialog, as it was made
         self.done = False  # answered, failed or stopped: later answers get ACK and BYE
         self._timer: asyncio.TimerHandle | None = None
 
@@ -134,7 +135,7 @@ class Forks:
             self.endpoint.send_ack(dialog.ack(fork.request.cseq.number), fork.target.peer)
             self.endpoint.send_request(dialog.request("BYE"), fork.target.peer, ignore)
             return
-        self.winner = fork
+        self.winner, self.dialog = fork, dialog
         self.stop(REASON_ELSEWHERE)
         self.on_answer(fork, dialog, response)
 
