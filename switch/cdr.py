@@ -8,6 +8,14 @@ moves `ended_at` of their rows forward: a daemon killed mid-call leaves 'active'
 `recover()`, at the next start, marks 'crashed' with that last-known end. A restart so loses no
 call, finished or not.
 
+A transferred call stays one record: the caller pays for one call, and `billsec` runs from the
+first answer to the end whoever talked. Each party that joined by a transfer (blind, attended,
+or an INVITE with Replaces) adds leg rows with role 'target' (one per contact rung, as for the
+callee), `referred_by` naming the extension that transferred. Every answered leg has the time
+its party joined (`answered_at`) and left (`ended_at`), and the relay counters of its own time
+in the call, so billing can split the call between the parties. An attended transfer also ends
+the transferor's consultation call: that record ends with hangup cause 'transferred'.
+
 It does not decide anything about the call: it listens to the call-control events (``CCEvent*``)
 and reads the call and its relay session when the call is over. It also counts ended calls in
 the metrics (RTP counters come from the relay itself, live: media.metrics). Not done here: DIDs
@@ -44,6 +52,7 @@ from switch.metrics import Metrics
 from switch.sip.errors import ParseError
 from switch.sip.message import Request
 from switch.store import Store, call_legs, calls
+from switch.transport import Peer
 
 log = structlog.get_logger()
 
@@ -109,16 +118,20 @@ class LegRecord:
     lost: int = 0
     jitter_ms: float = 0.0
     latched: str | None = None  # where the relay sent this phone's RTP
+    referred_by: str | None = None  # role 'target': the extension that transferred
+    answered_at: float | None = None  # when this leg's party was in the call, if it was
+    ended_at: float | None = None
 
-    def with_media(self, stats: LegStats) -> LegRecord:
+    def with_media(self, stats: LegStats, since: LegStats | None = None) -> LegRecord:
+        """The relay counters of ``stats``, less those of ``since`` (what came before)."""
         latched = None if stats.latched is None else f"{stats.latched[0]}:{stats.latched[1]}"
         return replace(
             self,
-            packets_in=stats.packets_in,
-            bytes_in=stats.bytes_in,
-            packets_out=stats.packets_out,
-            bytes_out=stats.bytes_out,
-            lost=stats.lost,
+            packets_in=stats.packets_in - (since.packets_in if since else 0),
+            bytes_in=stats.bytes_in - (since.bytes_in if since else 0),
+            packets_out=max(0, stats.packets_out - (since.packets_out if since else 0)),
+            bytes_out=max(0, stats.bytes_out - (since.bytes_out if since else 0)),
+            lost=max(0, stats.lost - (since.lost if since else 0)),
             jitter_ms=round(stats.jitter_ms, 3),
             latched=latched,
         )
@@ -324,11 +337,13 @@ def finished(
     media_timeout: bool = False,
 ) -> CallRecord:
     """The final record of `call`, which just reported `event`."""
-    legs = _legs(call)
+    legs = _legs(call, answered_at, ended_at)
     if isinstance(event, CCEventDisconnect):
         result = Disposition.ANSWERED
         by = HangupBy.SYSTEM if event.by is None else HangupBy(event.by.value)
-        if event.by is not None:
+        if event.transferred:
+            cause = "transferred"
+        elif event.by is not None:
             cause = "BYE"
         else:
             cause = "media timeout" if media_timeout else "ended by the switch"
@@ -354,16 +369,16 @@ def finished(
     )
 
 
-def _legs(call: Call) -> tuple[LegRecord, ...]:
+def _legs(call: Call, answered_at: float | None, ended_at: float) -> tuple[LegRecord, ...]:
     a = call.incoming
     request = a.request
-    status = 200 if call.a_dialog is not None else None
+    status = 200 if answered_at is not None else None
     caller = LegRecord(
         leg=0,
         role=Side.A.value,
         sip_call_id=request.call_id,
         contact=_contact(request),
-        address=f"{a.peer.transport}:{a.peer.host}:{a.peer.port}",
+        address=_address(a.peer),
         local_tag=a.to_tag,
         remote_tag=request.from_.tag,
         status=status,
@@ -371,30 +386,67 @@ def _legs(call: Call) -> tuple[LegRecord, ...]:
         codec=call.media.codec,
     )
     legs = [caller]
-    stats: SessionStats | None = None
-    if isinstance(call.media, RelayMedia):
-        stats = call.media.session.stats()
-    winner = call.b_dialog
+    winner = call.answered_by
+    won_index = 0
     for n, fork in enumerate(call.forks, start=1):
         sip_call_id = fork.request.call_id
         won = winner is not None and winner.id.call_id == sip_call_id
-        peer = fork.target.peer
-        leg = LegRecord(
-            leg=n,
-            role=Side.B.value,
-            sip_call_id=sip_call_id,
-            contact=fork.target.uri,
-            address=f"{peer.transport}:{peer.host}:{peer.port}",
-            local_tag=fork.request.from_.tag,
-            remote_tag=winner.id.remote_tag if won and winner is not None else None,
-            status=fork.final,
-            answered=won,
-            codec=call.media.codec if won else None,
+        won_index = n if won else won_index
+        legs.append(
+            LegRecord(
+                leg=n,
+                role=Side.B.value,
+                sip_call_id=sip_call_id,
+                contact=fork.target.uri,
+                address=_address(fork.target.peer),
+                local_tag=fork.request.from_.tag,
+                remote_tag=winner.id.remote_tag if won and winner is not None else None,
+                status=fork.final,
+                answered=won,
+                codec=call.media.codec if won else None,
+            )
         )
-        legs.append(leg.with_media(stats.b) if won and stats is not None else leg)
-    if stats is not None:
-        legs[0] = caller.with_media(stats.a)
+    # Who was on each side, in turn: (leg index, joined at, counters before it joined).
+    turns: dict[Side, list[tuple[int, float | None, LegStats | None]]] = {
+        Side.A: [(0, answered_at, None)] if status == 200 else [],
+        Side.B: [(won_index, answered_at, None)] if won_index else [],
+    }
+    ends: dict[Side, list[tuple[float | None, LegStats | None]]] = {Side.A: [], Side.B: []}
+    for transfer in call.transfers:
+        if transfer.status == 200:
+            ends[transfer.side].append((transfer.joined_at, transfer.replaced))
+        for target in transfer.targets():
+            answered = target.status == 200 and transfer.status == 200
+            legs.append(
+                LegRecord(
+                    leg=len(legs),
+                    role="target",
+                    sip_call_id=target.sip_call_id,
+                    contact=target.contact,
+                    address=None if target.peer is None else _address(target.peer),
+                    local_tag=None,
+                    remote_tag=None,
+                    status=target.status,
+                    answered=answered,
+                    referred_by=transfer.by,
+                )
+            )
+            if answered:
+                turns[transfer.side].append((len(legs) - 1, transfer.joined_at, transfer.before))
+    stats: SessionStats | None = None
+    if isinstance(call.media, RelayMedia):
+        stats = call.media.session.stats()
+    for side, occupants in turns.items():
+        final = None if stats is None else (stats.a if side is Side.A else stats.b)
+        for i, (index, joined, before) in enumerate(occupants):
+            left, after = ends[side][i] if i < len(ends[side]) else (ended_at, final)
+            leg = replace(legs[index], answered_at=joined, ended_at=left)
+            legs[index] = leg if after is None else leg.with_media(after, before)
     return tuple(legs)
+
+
+def _address(peer: Peer) -> str:
+    return f"{peer.transport}:{peer.host}:{peer.port}"
 
 
 def _contact(request: Request) -> str | None:

@@ -97,8 +97,9 @@ class ServerRequest:
 
 Core = Callable[[ServerRequest], None]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE"
-SUPPORTED: frozenset[str] = frozenset()  # option tags we implement (none yet, §20.37)
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER"
+# Option tags we implement (§20.37): Replaces (RFC 3891), REFER without NOTIFY (RFC 4488).
+SUPPORTED: frozenset[str] = frozenset({"replaces", "norefersub"})
 
 
 class SipEndpoint:

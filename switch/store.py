@@ -90,8 +90,9 @@ calls = Table(
     Column("recording", String, nullable=True),
 )
 
-# One row per leg of a call (the caller's, then one per fork towards the callee), owned by
-# switch.cdr and written with the call's final row. "in" is from that leg's phone.
+# One row per leg of a call (the caller's, then one per fork towards the callee, then those of
+# transfer targets), owned by switch.cdr and written with the call's final row. "in" is from
+# that leg's phone.
 call_legs = Table(
     "call_legs",
     metadata,
@@ -113,6 +114,11 @@ call_legs = Table(
     Column("lost", Integer, nullable=False),
     Column("jitter_ms", Float, nullable=False),
     Column("latched", String, nullable=True),
+    # Transfers (switch.b2bua.transfer): who put this leg's party in the call, and when the
+    # party was in it (a transferred call's legs take turns; billing splits the call by these).
+    Column("referred_by", String, nullable=True),
+    Column("answered_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
 )
 
 # Operators write the database (sqlite://, postgresql://); the driver is ours to choose.

@@ -79,7 +79,9 @@ def fake_call(forks: int = 1) -> Any:
         state=CallState.TRYING,
         a_dialog=None,
         b_dialog=None,
+        answered_by=None,
         forks=[fork(n) for n in range(forks)],
+        transfers=[],
     )
 
 
@@ -98,6 +100,7 @@ def answer(call: Any, n: int = 0) -> None:
     call.forks[n].final = 200
     call.a_dialog = object()
     call.b_dialog = SimpleNamespace(id=DialogId(f"leg-b-{n}@softswitch", f"btag{n}", "phone-b"))
+    call.answered_by = call.b_dialog
 
 
 @pytest.fixture

@@ -10,6 +10,14 @@ the other side to hang up. It prints JSON lines on stdout:
 
 and exits 0 when the call was confirmed and then disconnected. Every wait is
 bounded by --timeout; pjsip's own log goes to --log.
+
+Transfer: with ``--answer --xfer URI`` the phone answers, then transfers the
+call blind (``Call.xfer``: REFER) to URI; with ``--xfer-replaces URI`` it calls
+URI itself and transfers the first call to that second one (``xferReplaces``:
+REFER with Replaces). It reports each NOTIFY as {"xfer": code, "final": bool}
+and, as pjsua's own application does, hangs up the transferred call on a 2xx
+(unless ``--stay``). ``--busy`` answers 486. A caller with ``--wait-word``
+hangs up when a line "hangup" comes on stdin (or after --talk seconds).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import threading
 import time
 
 import pjsua2 as pj
+from pjsua_phone import wait_for_word  # the folder of this script is on sys.path
 
 # pjsua2 2.14's Call destructor asserts when its call is already gone (after a
 # hangup, or libDestroy): the objects are kept to the end and the process
@@ -35,6 +44,7 @@ def say(**fields: object) -> None:
 
 class Call(pj.Call):  # type: ignore[misc]
     report_media = False  # --hold: print each change of the audio stream's status
+    stay = False  # --stay: keep the call after a successful transfer
 
     def __init__(self, account: pj.Account, call_id: int = -1) -> None:
         super().__init__(account, call_id)
@@ -51,6 +61,15 @@ class Call(pj.Call):  # type: ignore[misc]
                 if self.report_media and audio and status != self.media_status:
                     self.media_status = status
                     say(media=status)  # active, local_hold, remote_hold, ...
+        except Exception as exc:
+            say(state="error", error=repr(exc))
+
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
+        try:
+            code, final = int(prm.statusCode), bool(prm.finalNotify)
+            say(xfer=code, final=final)
+            if final and 200 <= code < 300 and not self.stay:
+                self.hangup(pj.CallOpParam())
         except Exception as exc:
             say(state="error", error=repr(exc))
 
@@ -73,6 +92,7 @@ class Account(pj.Account):  # type: ignore[misc]
         self.registered = threading.Event()
         self.calls: list[Call] = []
         self.incoming = threading.Event()
+        self.busy = False
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
         if int(prm.code) == 200 and int(prm.expiration) > 0:
@@ -87,7 +107,7 @@ class Account(pj.Account):  # type: ignore[misc]
             ringing.statusCode = pj.StatusCode.RINGING
             call.answer(ringing)
             ok = pj.CallOpParam(True)
-            ok.statusCode = pj.StatusCode.OK
+            ok.statusCode = pj.StatusCode.BUSY_HERE if self.busy else pj.StatusCode.OK
             call.answer(ok)
             self.incoming.set()
         except Exception as exc:
@@ -108,8 +128,15 @@ def main() -> int:
     parser.add_argument(
         "--hold", action="store_true", help="report hold states; a caller holds, then resumes"
     )
+    parser.add_argument("--xfer", help="answer, then transfer the call to this URI (blind)")
+    parser.add_argument("--xfer-replaces", help="answer, call this URI, then transfer (attended)")
+    parser.add_argument("--xfer-after", type=float, default=1.0)
+    parser.add_argument("--stay", action="store_true", help="no hangup after a transfer")
+    parser.add_argument("--busy", action="store_true", help="answer 486 Busy Here")
+    parser.add_argument("--wait-word", action="store_true", help='hang up on "hangup" (stdin)')
     args = parser.parse_args()
     Call.report_media = args.hold
+    Call.stay = args.stay
 
     ep = pj.Endpoint()
     ep.libCreate()
@@ -136,6 +163,7 @@ def main() -> int:
         pj.AuthCredInfo("digest", args.domain, args.user, 0, args.password)
     )
     account = Account()
+    account.busy = args.busy
     KEEP.append(account)
     ok = False
     try:
@@ -152,7 +180,10 @@ def main() -> int:
             if not call.confirmed.wait(args.timeout):
                 say(state="not-confirmed")
                 return 1
-            time.sleep(args.talk)
+            if args.wait_word:
+                wait_for_word("hangup", args.talk)
+            else:
+                time.sleep(args.talk)
             if args.hold:
                 call.setHold(pj.CallOpParam(True))  # re-INVITE with a=sendonly
                 time.sleep(args.talk)
@@ -164,9 +195,27 @@ def main() -> int:
         elif not account.incoming.wait(args.timeout * 2):
             say(state="no-call")
             return 1
+        elif args.xfer or args.xfer_replaces:
+            first = account.calls[0]
+            if not first.confirmed.wait(args.timeout):
+                say(state="not-confirmed")
+                return 1
+            time.sleep(args.xfer_after)
+            if args.xfer:
+                first.xfer(args.xfer, pj.CallOpParam(True))
+            else:
+                second = Call(account)
+                account.calls.append(second)
+                KEEP.append(second)
+                second.makeCall(args.xfer_replaces, pj.CallOpParam(True))
+                if not second.confirmed.wait(args.timeout):
+                    say(state="not-confirmed")
+                    return 1
+                time.sleep(args.xfer_after)
+                first.xferReplaces(second, pj.CallOpParam(True))
         calls = account.calls
-        ok = all(c.disconnected.wait(args.timeout) for c in calls) and all(
-            c.confirmed.is_set() for c in calls
+        ok = all(c.disconnected.wait(args.timeout * 3) for c in calls) and all(
+            c.confirmed.is_set() or args.busy for c in calls
         )
     finally:
         account.shutdown()
