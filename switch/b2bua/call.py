@@ -30,6 +30,10 @@ A first INVITE without SDP (late offer, §13.2.1) goes to B without SDP too;
 B's 2xx carries the offer to A, and B's ACK waits for A's with the answer.
 A 2xx whose SDP we cannot relay ends the call: ACK and BYE to B, 500 to A.
 
+Targets may also be tried in turn (failover between gateways): when every
+fork failed with a status that ``fails_over`` (408, 5xx), the next target of
+the ``failover`` list gets the INVITE, within the same ring timeout.
+
 Not done here: REFER, PRACK, early media without a 18x to A, and 3xx redirection.
 """
 
@@ -39,7 +43,7 @@ import asyncio
 import enum
 import functools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -51,6 +55,7 @@ from switch.sip.errors import ParseError
 from switch.sip.headers import NameAddr
 from switch.sip.message import Headers, Request, Response, new_tag
 from switch.sip.transaction import T1, T2, ClientTransaction
+from switch.sip.uri import parse_uri
 from switch.transport import Peer
 
 log = structlog.get_logger()
@@ -110,6 +115,7 @@ class Target:
 
     uri: str
     peer: Peer
+    from_uri: str | None = None  # who leg B says calls, if not the caller (a gateway's caller ID)
 
 
 @dataclass(slots=True)
@@ -161,31 +167,51 @@ class Call:
         self._reinvite: Reinvite | None = None
         self._b_ack: int | None = None  # late offer: the CSeq of B's 2xx, ACKed with A's answer
         self._held_back: ServerRequest | None = None  # B's re-INVITE, until A's ACK comes
+        self._callee_aor = ""
+        self._offer = b""  # A's SDP as leg B sees it
+        self._failover: list[Target] = []  # tried one by one after the forks fail
         incoming.on_cancel = self._on_cancel
 
     # -- setting up (leg B) --------------------------------------------------
 
-    def start(self, targets: list[Target], callee_aor: str, caller: str) -> None:
+    def start(
+        self,
+        targets: list[Target],
+        callee_aor: str,
+        caller: str,
+        *,
+        failover: Sequence[Target] = (),
+    ) -> None:
+        """Ring ``targets`` at once; when all fail in a way ``fails_over``, ``failover`` in turn."""
         a = self.incoming.request
-        max_forwards = (a.max_forwards if a.max_forwards is not None else 70) - 1
+        self._failover = list(failover)
         try:
-            offer = self.media.offer(a.body) if a.body else b""
+            self._offer = self.media.offer(a.body) if a.body else b""
         except ParseError as exc:
             self._fail(488, f"Not Acceptable Here ({exc})"[:120])
             return
-        for target in targets:
-            self.forks.append(Fork(target, self._invite(target, callee_aor, max_forwards, offer)))
+        self._callee_aor = callee_aor
+        forks = [self._fork(target) for target in targets]
         self._emit(CCEventTry(caller, callee_aor, len(self.forks)))
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.ring_timeout, self._on_ring_timeout)
-        for fork in self.forks:
-            on_response = functools.partial(self._on_fork_response, fork)
-            fork.txn = self.endpoint.send_request(fork.request, fork.target.peer, on_response)
+        for fork in forks:
+            self._send_fork(fork)
 
-    def _invite(self, target: Target, callee_aor: str, max_forwards: int, body: bytes) -> Request:
+    def _fork(self, target: Target) -> Fork:
+        fork = Fork(target, self._invite(target, self._callee_aor, self._offer))
+        self.forks.append(fork)
+        return fork
+
+    def _send_fork(self, fork: Fork) -> None:
+        on_response = functools.partial(self._on_fork_response, fork)
+        fork.txn = self.endpoint.send_request(fork.request, fork.target.peer, on_response)
+
+    def _invite(self, target: Target, callee_aor: str, body: bytes) -> Request:
         a = self.incoming.request
-        caller = a.from_
+        caller = a.from_ if target.from_uri is None else NameAddr(parse_uri(target.from_uri))
         headers = Headers()
+        max_forwards = (a.max_forwards if a.max_forwards is not None else 70) - 1
         headers.add("Max-Forwards", str(max_forwards))
         # The caller's identity, our tag: leg B is a dialog of our own (§12.1.2).
         headers.add("From", str(NameAddr(caller.uri, caller.display, (("tag", new_tag()),))))
@@ -268,6 +294,11 @@ class Call:
         if any(status is None for status in finals):
             return
         status = best_failure([s for s in finals if s is not None])
+        if self._failover and fails_over(status):
+            target = self._failover.pop(0)
+            log.info("failing over", call_id=self.id, status=status, to=target.uri)
+            self._send_fork(self._fork(target))
+            return
         self._fail(status, "")
 
     def _fail(self, status: int, reason: str) -> None:
@@ -573,6 +604,14 @@ def best_failure(statuses: list[int]) -> int:
         return 486
     answered = [s for s in statuses if s != 408]
     return min(answered) if answered else 408
+
+
+def fails_over(status: int) -> bool:
+    """A failure the next target may not have: a server error or no answer at all.
+
+    Not a busy or unknown number (486, 404, ...): another route reaches the same callee.
+    """
+    return status == 408 or 500 <= status < 600
 
 
 def _other(side: Side) -> Side:

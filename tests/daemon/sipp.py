@@ -60,6 +60,7 @@ def run_sipp(
     rate: int = 10,
     timeout: float = 15.0,
     recv_timeout_ms: int | None = None,
+    messages: Path | None = None,
 ) -> SippResult:
     """Run one scenario from tests/daemon/scenarios for `calls` calls and wait for it."""
     assert SIPP is not None, "sipp is not installed"
@@ -87,6 +88,8 @@ def run_sipp(
         command += ["-key", name, value]
     if recv_timeout_ms is not None:
         command += ["-recv_timeout", str(recv_timeout_ms)]
+    if messages is not None:  # every message sipp sent and received, for the test to read
+        command += ["-trace_msg", "-message_file", str(messages)]
     try:
         done = subprocess.run(
             command, cwd=folder, capture_output=True, timeout=timeout + 10, check=False
