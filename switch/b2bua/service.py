@@ -39,7 +39,7 @@ import enum
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -77,7 +77,8 @@ class Usage:
 
     tenant: str
     users: tuple[str, ...]  # the tenant's extensions in the call
-    gateways: tuple[str, ...] = ()  # those it may go through (one, once answered)
+    # the gateways it may go through, each with its address (one, once answered)
+    gateways: dict[str, Peer] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,7 @@ class B2bua:
             return request.response(482, None, to_tag)  # §16.3 step 4: it came back to us
         gateway = self.config.gateway_at(peer.transport, peer.host, peer.port)
         placed = (
-            self._from_gateway(request, gateway, to_tag)
+            self._from_gateway(request, peer, gateway, to_tag)
             if gateway is not None
             else self._from_phone(request, peer, to_tag)
         )
@@ -157,7 +158,7 @@ class B2bua:
         return self._start(incoming, placed)
 
     def _from_gateway(
-        self, request: Request, gateway: Gateway, to_tag: str
+        self, request: Request, peer: Peer, gateway: Gateway, to_tag: str
     ) -> Placement | Response:
         """A call from a trunk to a company number (DID)."""
         target = request.request_uri
@@ -177,7 +178,7 @@ class B2bua:
         targets = self._contacts(tenant, extension)
         if not targets:
             return request.response(480, "Not registered", to_tag)
-        usage = Usage(tenant.name, (extension,), (gateway.name,))
+        usage = Usage(tenant.name, (extension,), {gateway.name: peer})
         return Placement(
             tenant, targets, f"sip:{extension}@{tenant.domain}", usage,
             caller=_calling_number(request), callee=extension, direction="inbound", did=route.did,
@@ -243,7 +244,8 @@ class B2bua:
             return _gateway_full(request, gateways[-1], to_tag)
         caller_id = tenant.caller_id_of(user)
         targets = [routing.gateway_target(gw, route, caller_id, tenant.domain) for gw in free]
-        usage = Usage(tenant.name, (user,), tuple(gw.name for gw in free))
+        peers = {gw.name: target.peer for gw, target in zip(free, targets, strict=True)}
+        usage = Usage(tenant.name, (user,), peers)
         return Placement(
             tenant, targets[:1], targets[0].uri, usage, caller=user, callee=route.number,
             direction="outbound", did=caller_id, failover=tuple(targets[1:]),
@@ -277,7 +279,7 @@ class B2bua:
         usage = self._usage[call] = placed.usage
         self._per_tenant[usage.tenant] += 1
         self._per_user.update((usage.tenant, user) for user in usage.users)
-        self._per_gateway.update(usage.gateways)
+        self._per_gateway.update(usage.gateways.keys())
         if self.recorder is not None:
             self.recorder.begin(
                 call, tenant=placed.tenant.name, caller=placed.caller, callee=placed.callee,
@@ -345,10 +347,6 @@ class B2bua:
         if call is not None and dialog_id is not None:
             call.on_2xx_again(response, dialog_id)
 
-    def _went_through(self, call: Call, gateway: str) -> bool:
-        address, peer = self.config.gateway(gateway).address, call.b_peer
-        return peer is not None and (peer.host, peer.port) == (address.host, address.port)
-
     def _on_event(self, call: Call, event: CCEvent) -> None:
         fields = {name: getattr(event, name) for name in event.__slots__}
         fields = {k: v.value if isinstance(v, enum.Enum) else v for k, v in fields.items()}
@@ -358,7 +356,7 @@ class B2bua:
         usage = self._usage.get(call)
         if isinstance(event, CCEventConnect) and usage is not None and len(usage.gateways) > 1:
             # Answered: the call now holds a place on the gateway it went through only.
-            kept = tuple(name for name in usage.gateways if self._went_through(call, name))
+            kept = {name: peer for name, peer in usage.gateways.items() if peer == call.b_peer}
             self._per_gateway.subtract(name for name in usage.gateways if name not in kept)
             self._per_gateway = +self._per_gateway
             usage.gateways = kept
@@ -369,7 +367,7 @@ class B2bua:
             if usage is not None:
                 self._per_tenant.subtract([usage.tenant])
                 self._per_user.subtract((usage.tenant, user) for user in usage.users)
-                self._per_gateway.subtract(usage.gateways)
+                self._per_gateway.subtract(usage.gateways.keys())
             # drop zeros
             self._per_tenant, self._per_user = +self._per_tenant, +self._per_user
             self._per_gateway = +self._per_gateway
