@@ -16,11 +16,17 @@ its party joined (`answered_at`) and left (`ended_at`), and the relay counters o
 in the call, so billing can split the call between the parties. An attended transfer also ends
 the transferor's consultation call: that record ends with hangup cause 'transferred'.
 
+The B2BUA says who the call is between when it admits it: `direction` is 'internal' (a phone to
+an extension: caller and callee are extensions), 'inbound' (a gateway to a company number:
+caller is the calling number, callee the extension, `did` the number called) or 'outbound' (a
+phone to an outside number: caller is the extension, callee the E.164 number, `did` the caller
+ID it was sent with). An internal call to one of the tenant's own numbers keeps that number in
+`did` too. Each leg has the voice codec its phones agreed on.
+
 It does not decide anything about the call: it listens to the call-control events (``CCEvent*``)
 and reads the call and its relay session when the call is over. It also counts ended calls in
-the metrics (RTP counters come from the relay itself, live: media.metrics). Not done here: DIDs
-and directions other than 'internal' (no trunks yet), recordings, and telling rows of several
-switch nodes sharing one PostgreSQL apart at recovery.
+the metrics (RTP counters come from the relay itself, live: media.metrics). Not done here:
+recordings, and telling rows of several switch nodes sharing one PostgreSQL apart at recovery.
 """
 
 from __future__ import annotations
@@ -223,12 +229,23 @@ class CallRecorder:
         """Mark the calls a previous run left active as crashed; return how many."""
         return await self.store.transaction(_mark_crashed)
 
-    def begin(self, call: Call, *, tenant: str, caller: str, callee: str) -> None:
+    def begin(
+        self,
+        call: Call,
+        *,
+        tenant: str,
+        caller: str,
+        callee: str,
+        did: str | None = None,
+        direction: str = "internal",
+    ) -> None:
         record = CallRecord(
             call_id=secrets.token_hex(12),
             tenant=tenant,
             caller=caller,
             callee=callee,
+            did=did,
+            direction=direction,
             started_at=self.clock(),
         )
         entry = _Open(record)

@@ -38,6 +38,10 @@ requests on it get 481. While a transfer's target rings, a BYE from the
 transferor leaves the call up for the target (RFC 5589 §6.1); a hang-up of
 the other phone cancels the target's forks.
 
+Targets may also be tried in turn (failover between gateways): when every
+fork failed with a status that ``fails_over`` (408, 5xx), the next target of
+the ``failover`` list gets the INVITE, within the same ring timeout.
+
 Not done here: PRACK, early media without a 18x to A, and 3xx redirection.
 """
 
@@ -46,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,8 +61,10 @@ from switch.b2bua.media import MediaSession
 from switch.endpoint import ServerRequest, SipEndpoint, response_peer
 from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
+from switch.sip.headers import NameAddr
 from switch.sip.message import Request, Response
 from switch.sip.transaction import T2
+from switch.sip.uri import parse_uri
 from switch.transport import Peer
 
 if TYPE_CHECKING:
@@ -183,7 +189,16 @@ class Call:
 
     # -- setting up (leg B) --------------------------------------------------
 
-    def start(self, targets: list[Target], callee_aor: str, caller: str) -> None:
+    def start(
+        self,
+        targets: list[Target],
+        callee_aor: str,
+        caller: str,
+        *,
+        failover: Sequence[Target] = (),
+    ) -> None:
+        """Ring ``targets`` at once; when all fail in a way that ``fails_over``, ``failover``
+        in turn (gateways), within the same ring timeout."""
         a = self.incoming.request
         max_forwards = (a.max_forwards if a.max_forwards is not None else 70) - 1
         try:
@@ -192,13 +207,24 @@ class Call:
             self._fail(488, f"Not Acceptable Here ({exc})"[:120])
             return
         content_type = a.headers.get("Content-Type")
-        forks = [
-            Fork(target, invite(self.endpoint, target, a.from_, callee_aor,
-                                max_forwards=max_forwards, body=offer, content_type=content_type))
-            for target in targets
-        ]  # fmt: skip
+
+        def fork(target: Target) -> Fork:
+            # A gateway says who calls with the tenant's caller ID, not the extension.
+            caller = a.from_ if target.from_uri is None else NameAddr(parse_uri(target.from_uri))
+            request = invite(
+                self.endpoint,
+                target,
+                caller,
+                callee_aor,
+                max_forwards=max_forwards,
+                body=offer,
+                content_type=content_type,
+            )
+            return Fork(target, request)  # fmt: skip
+
+        forks = [fork(target) for target in targets]
         self._emit(CCEventTry(caller, callee_aor, len(forks)))
-        self.leg_b.start(forks)
+        self.leg_b.start(forks, failover=[fork(target) for target in failover])
 
     @property
     def forks(self) -> list[Fork]:

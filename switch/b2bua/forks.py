@@ -8,7 +8,9 @@ to ``on_ring``; the first 2xx goes to ``on_answer`` with its new ``Dialog``
 forks get CANCEL with ``Reason: SIP;cause=200`` (RFC 3326). A 2xx from a
 second fork, or after the owner gave up, is ACKed and ended with BYE
 (§13.2.2.4). When every fork has failed, or nobody answers within the ring
-timeout (the forks are cancelled, 480), ``on_fail`` gets the best failure.
+timeout (the forks are cancelled, 480), ``on_fail`` gets the best failure,
+unless it ``fails_over`` (408, 5xx) and a ``failover`` fork is left: then that
+one is sent, then the next, within the same ring timeout (gateways in order).
 
 It does not know what the leg is for, where its SDP comes from, or what to
 tell the party waiting for it; the owner does.
@@ -22,6 +24,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from switch.endpoint import SipEndpoint
 from switch.sip.dialog import Dialog
 from switch.sip.headers import NameAddr
@@ -31,6 +35,8 @@ from switch.transport import Peer
 
 # RFC 3326 §2, RFC 3261 §9.1: tells the other phones not to log a missed call.
 REASON_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+log = structlog.get_logger()
+
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER"
 
 
@@ -40,6 +46,7 @@ class Target:
 
     uri: str
     peer: Peer
+    from_uri: str | None = None  # who the INVITE says calls, if not the caller (caller ID)
 
 
 class Fork:
@@ -98,18 +105,23 @@ class Forks:
         self.on_answer = on_answer
         self.on_fail = on_fail
         self.forks: list[Fork] = []
+        self.failover: list[Fork] = []  # sent one by one after the forks fail (fails_over)
         self.winner: Fork | None = None
         self.dialog: Dialog | None = None  # the winner's dialog, as it was made
         self.done = False  # answered, failed or stopped: later answers get ACK and BYE
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self, forks: list[Fork]) -> None:
-        self.forks = forks
+    def start(self, forks: list[Fork], failover: list[Fork] | None = None) -> None:
+        self.forks = list(forks)
+        self.failover = list(failover or ())
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.ring_timeout, self._on_ring_timeout)
         for fork in forks:
-            on_response = functools.partial(self._on_response, fork)
-            fork.txn = self.endpoint.send_request(fork.request, fork.target.peer, on_response)
+            self._send(fork)
+
+    def _send(self, fork: Fork) -> None:
+        on_response = functools.partial(self._on_response, fork)
+        fork.txn = self.endpoint.send_request(fork.request, fork.target.peer, on_response)
 
     def stop(self, reason: str | None = None) -> None:
         """Give up: CANCEL every fork still ringing; no callback follows."""
@@ -128,7 +140,15 @@ class Forks:
         fork.final, fork.reason = status, response.reason
         if status >= 300:
             if not self.done and all(f.final is not None for f in self.forks):
-                self._fail(best_failure([f.final for f in self.forks if f.final is not None]), "")
+                best = best_failure([f.final for f in self.forks if f.final is not None])
+                if self.failover and fails_over(best):
+                    nxt = self.failover.pop(0)
+                    log.info("failing over", call_id=fork.request.call_id, status=best,
+                             to=nxt.target.uri)  # fmt: skip
+                    self.forks.append(nxt)
+                    self._send(nxt)
+                    return
+                self._fail(best, "")
             return
         dialog = Dialog.uac(fork.request, response)
         if self.done:
@@ -172,6 +192,14 @@ def best_failure(statuses: list[int]) -> int:
         return 486
     answered = [s for s in statuses if s != 408]
     return min(answered) if answered else 408
+
+
+def fails_over(status: int) -> bool:
+    """A failure the next target may not have: a server error or no answer at all.
+
+    Not a busy or unknown number (486, 404, ...): another route reaches the same callee.
+    """
+    return status == 408 or 500 <= status < 600
 
 
 def ignore(response: Response) -> None:

@@ -61,6 +61,7 @@ def run_sipp(
     timeout: float = 15.0,
     recv_timeout_ms: int | None = None,
     media_port: int | None = None,
+    messages: Path | None = None,
 ) -> SippResult:
     """Run one scenario from tests/daemon/scenarios for `calls` calls and wait for it."""
     assert SIPP is not None, "sipp is not installed"
@@ -90,6 +91,8 @@ def run_sipp(
         command += ["-mi", local_ip, "-mp", str(media_port)]
     if recv_timeout_ms is not None:
         command += ["-recv_timeout", str(recv_timeout_ms)]
+    if messages is not None:  # every message sipp sent and received, for the test to read
+        command += ["-trace_msg", "-message_file", str(messages)]
     try:
         done = subprocess.run(
             command, cwd=folder, capture_output=True, timeout=timeout + 10, check=False

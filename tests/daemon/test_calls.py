@@ -57,10 +57,15 @@ def callee(
 
 
 def call(
-    daemon: Daemon, work: Path, scenario: str, keys: dict[str, str] | None = None, **kw: Any
+    daemon: Daemon,
+    work: Path,
+    scenario: str,
+    callee: str = "102",
+    keys: dict[str, str] | None = None,
+    **kw: Any,
 ) -> SippResult:
-    """sipp as 101 calling 102 with ``scenario`` (more -key values in ``keys``)."""
-    keys = {"callee": "102", **(keys or {})}
+    """sipp as 101 calling ``callee`` with ``scenario`` (more -key values in ``keys``)."""
+    keys = {"callee": callee, **(keys or {})}
     return run_sipp(scenario, daemon.sip_port, work, users=[CALLER], keys=keys, **kw)
 
 
