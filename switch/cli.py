@@ -1,8 +1,9 @@
-"""The ``softswitch`` command: run, check, reload."""
+"""The ``softswitch`` command: run, check, reload, migrate."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -39,6 +40,47 @@ def _run(path: Path, pid_file: Path | None) -> int:
             pid_file.unlink(missing_ok=True)
 
 
+def _migrate(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from switch.migrations import SchemaError
+
+    shown = make_url(config.store.url).render_as_string(hide_password=True)
+    try:
+        before, steps, after = asyncio.run(_migrate_store(config.store.url))
+    except (SchemaError, SQLAlchemyError, OSError) as exc:
+        print(f"{shown}: {exc}", file=sys.stderr)
+        return 1
+    if not steps:
+        print(f"{shown}: schema at revision {after}, the newest: nothing to do")
+        return 0
+    print(f"{shown}: schema at revision {before or 'none (new, or made before migrations)'}")
+    for step in steps:
+        print(f"  {step}")
+    print(f"{shown}: schema now at revision {after}")
+    return 0
+
+
+async def _migrate_store(url: str) -> tuple[str | None, list[str], str | None]:
+    from switch import migrations
+    from switch.store import open_store
+
+    store = await open_store(url, migrate=False)
+    try:
+        before = await store.transaction(migrations.revision)
+        steps = await store.transaction(migrations.upgrade)
+        after = await store.transaction(migrations.revision)
+    finally:
+        await store.close()
+    return before, steps, after
+
+
 def _reload(pid_file: Path) -> int:
     try:
         pid = int(pid_file.read_text().strip())
@@ -64,9 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("-c", "--config", type=Path, default=Path("config/softswitch.yaml"))
     reload = sub.add_parser("reload", help="make a running daemon re-read its configuration")
     reload.add_argument("--pid-file", type=Path, required=True)
+    migrate = sub.add_parser(
+        "migrate", help="bring the store's schema up to date (the daemon does it at start too)"
+    )
+    migrate.add_argument("-c", "--config", type=Path, default=Path("config/softswitch.yaml"))
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "migrate":
+        return _migrate(args.config)
     if args.command == "run":
         return _run(args.config, args.pid_file)
     return _reload(args.pid_file)

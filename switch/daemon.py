@@ -29,6 +29,7 @@ from switch.endpoint import SipEndpoint
 from switch.location import LocationService
 from switch.logs import configure
 from switch.metrics import Metrics
+from switch.migrations import SchemaError
 from switch.registrar import Registrar
 from switch.sip.digest import NonceManager
 from switch.store import Store, open_store
@@ -218,7 +219,7 @@ async def _main(path: Path, config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
-    except OSError as exc:
+    except (OSError, SchemaError) as exc:
         log.error("cannot start", error=str(exc))
         await daemon.stop()
         return 1
