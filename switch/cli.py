@@ -9,14 +9,21 @@ import signal
 import sys
 from pathlib import Path
 
-from switch.config import ConfigError, load_config
+from switch.config import Config, ConfigError, load_config
+
+
+def _load(path: Path) -> Config | None:
+    """The configuration at ``path``, or None once its problems are printed."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def _check(path: Path) -> int:
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return 1
     users = sum(len(t.users) for t in config.tenants)
     print(f"{path}: OK ({len(config.tenants)} tenants, {users} users)")
@@ -24,10 +31,8 @@ def _check(path: Path) -> int:
 
 
 def _run(path: Path, pid_file: Path | None) -> int:
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return 1
     from switch.daemon import run  # imported late: `check` needs none of the runtime
 
@@ -41,10 +46,8 @@ def _run(path: Path, pid_file: Path | None) -> int:
 
 
 def _migrate(path: Path) -> int:
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return 1
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError

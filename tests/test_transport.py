@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from switch.sip.errors import ParseError
 from switch.transport import ClientTls, Peer, Transports, client_tls_context
-from tests.daemon.harness import free_port
+from tests.daemon.harness import free_port, self_signed
 
 INVITE = b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n"
 BYE = b"BYE sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n"
@@ -171,14 +170,7 @@ async def test_a_peer_that_never_finishes_the_handshake_times_out() -> None:
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "peer.crt", tmp_path / "peer.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=sbc.example",
-         "-addext", "subjectAltName=DNS:sbc.example", "-days", "1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path, "sbc.example")
 
 
 def server_tls(cert: Path, key: Path) -> ssl.SSLContext:

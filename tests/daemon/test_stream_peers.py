@@ -10,12 +10,11 @@ over the connection it keeps, and when that is gone, at its Contact.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.daemon.harness import Daemon, free_port, wait_until
+from tests.daemon.harness import Daemon, free_port
 from tests.daemon.sipp import run_sipp
 from tests.daemon.test_calls import (
     CALLEE,
@@ -23,7 +22,7 @@ from tests.daemon.test_calls import (
     call_legs,
     callee,
     ok,
-    pjsua,
+    pjsua_call,
     records,
     require_module,
     states,
@@ -96,16 +95,8 @@ def test_a_phone_registered_over_tcp_gets_its_call_over_the_connection_it_keeps(
     daemon: Daemon, work: Path
 ) -> None:
     require_module("pjsua2")
-    bob = pjsua(daemon, work, "102", "--transport", "tcp")
-    try:
-        wait_until(lambda: daemon.registrations() == 1, 10, what="102 to register over TCP")
-        alice = pjsua(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "1")
-        alice_out, _ = alice.communicate(timeout=30)
-        bob_out, _ = bob.communicate(timeout=30)
-    finally:
-        for phone in (bob, locals().get("alice")):
-            if isinstance(phone, subprocess.Popen) and phone.poll() is None:
-                phone.kill()
+    phones = pjsua_call(daemon, work, callee_args=("--transport", "tcp"))
+    alice_out, bob_out = phones.caller_out, phones.callee_out
     assert states(alice_out) == ["registered", "confirmed", "disconnected"], (alice_out, bob_out)
     assert states(bob_out) == ["registered", "confirmed", "disconnected"], bob_out
     log = (work / "pjsua-102.log").read_text(errors="replace")
