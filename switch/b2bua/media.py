@@ -145,20 +145,15 @@ class RelayMedia:
                 for codec in _codecs(media).values()
             }
         local = self.session.local(side)
-        relayed = False
-        for media in desc.media:
-            if relayed or media.kind != "audio" or media.port == 0:
-                media.port = 0
-                continue
-            relayed = True
-            codecs = _codecs(media)
-            common = [pt for pt in media.formats if codecs.get(pt) in names]
-            if strict and not any(codecs[pt][0] != "TELEPHONE-EVENT" for pt in common):
-                raise SdpError("SDP: no codec in common with the other phone")
-            if common:
-                media.keep_formats(common)
-            media.set_direction("sendrecv")
-            _point_at(media, local)
+        media = _relayed_stream(desc)
+        codecs = _codecs(media)
+        common = [pt for pt in media.formats if codecs.get(pt) in names]
+        if strict and not any(codecs[pt][0] != "TELEPHONE-EVENT" for pt in common):
+            raise SdpError("SDP: no codec in common with the other phone")
+        if common:
+            media.keep_formats(common)
+        media.set_direction("sendrecv")
+        _point_at(media, local)
         return _from_relay(desc, local)
 
     def offer(self, sdp: bytes) -> bytes:
@@ -175,28 +170,19 @@ class RelayMedia:
         desc = parse_sdp(body)
         self.last[side] = body
         local = self.session.local(side.other)
-        relayed = False
-        for media in desc.media:
-            if relayed or media.kind != "audio" or media.port == 0:
-                media.port = 0
-                continue
-            relayed = True
-            self._hold(desc.direction(media) != "sendrecv")
-            connection = media.connection or desc.connection
-            assert connection is not None  # parse_sdp refuses a stream without c=
-            rtcp = next(iter(media.attributes("rtcp")), None)
-            rtcp_port = int(rtcp.split()[0]) if rtcp and rtcp.split()[0].isdigit() else None
-            voice = media.voice_codec()
-            if side is Side.B and voice is not None:
-                self.codec = voice[0]
-            # The RTP clock of the voice codec, for the jitter counters (G.722 says 8000 too).
-            rate = voice[1] if voice is not None else 8000
-            self.session.set_remote(
-                side, connection.address, media.port, rtcp_port, clock_rate=rate
-            )
-            _point_at(media, local)
-        if not relayed:
-            raise SdpError("SDP: no audio stream to relay")
+        media = _relayed_stream(desc)
+        self._hold(desc.direction(media) != "sendrecv")
+        connection = media.connection or desc.connection
+        assert connection is not None  # parse_sdp refuses a stream without c=
+        rtcp = next(iter(media.attributes("rtcp")), None)
+        rtcp_port = int(rtcp.split()[0]) if rtcp and rtcp.split()[0].isdigit() else None
+        voice = media.voice_codec()
+        if side is Side.B and voice is not None:
+            self.codec = voice[0]
+        # The RTP clock of the voice codec, for the jitter counters (G.722 says 8000 too).
+        rate = voice[1] if voice is not None else 8000
+        self.session.set_remote(side, connection.address, media.port, rtcp_port, clock_rate=rate)
+        _point_at(media, local)
         return _from_relay(desc, local)
 
     def _hold(self, held: bool) -> None:
@@ -204,6 +190,19 @@ class RelayMedia:
             self.held = held
             for side in (Side.A, Side.B):
                 self.session.set_hold(side, held)
+
+
+def _relayed_stream(desc: SessionDescription) -> Media:
+    """The first audio stream, the one the relay carries; every other stream gets port 0."""
+    relayed: Media | None = None
+    for media in desc.media:
+        if relayed is None and media.kind == "audio" and media.port != 0:
+            relayed = media
+        else:
+            media.port = 0
+    if relayed is None:
+        raise SdpError("SDP: no audio stream to relay")
+    return relayed
 
 
 def _codecs(media: Media) -> dict[str, tuple[str, int]]:

@@ -17,8 +17,11 @@ call blind (``Call.xfer``: REFER) to URI; with ``--xfer-replaces URI`` it calls
 URI itself and transfers the first call to that second one (``xferReplaces``:
 REFER with Replaces). It reports each NOTIFY as {"xfer": code, "final": bool}
 and, as pjsua's own application does, hangs up the transferred call on a 2xx
-(unless ``--stay``). ``--busy`` answers 486. A caller with ``--wait-word``
-hangs up when a line "hangup" comes on stdin (or after --talk seconds).
+(unless ``--stay``). ``--busy`` answers 486; ``--ring-only`` answers 180 and
+never 200 (a phone nobody picks up). A caller with ``--wait-word`` hangs up
+when a line "hangup" comes on stdin (or after --talk seconds). A caller with
+``--expect CODE`` expects its call to fail with that status, unanswered
+(``--cancel-after S``: it gives up itself after S s, a CANCEL, so 487).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Call(pj.Call):  # type: ignore[misc]
         self.confirmed = threading.Event()
         self.disconnected = threading.Event()
         self.media_status = ""
+        self.code = 0  # the last status code when disconnected
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         try:
@@ -81,7 +85,8 @@ class Call(pj.Call):  # type: ignore[misc]
                 say(state="confirmed")
                 self.confirmed.set()
             elif info.state == pj.InvState.DISCONNECTED:
-                say(state="disconnected", code=int(info.lastStatusCode))
+                self.code = int(info.lastStatusCode)
+                say(state="disconnected", code=self.code)
                 self.disconnected.set()
         except Exception as exc:  # an exception escaping into pjsip's thread aborts
             say(state="error", error=repr(exc))
@@ -94,6 +99,7 @@ class Account(pj.Account):  # type: ignore[misc]
         self.calls: list[Call] = []
         self.incoming = threading.Event()
         self.busy = False
+        self.ring_only = False
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
         if int(prm.code) == 200 and int(prm.expiration) > 0:
@@ -107,6 +113,9 @@ class Account(pj.Account):  # type: ignore[misc]
             ringing = pj.CallOpParam(True)
             ringing.statusCode = pj.StatusCode.RINGING
             call.answer(ringing)
+            self.incoming.set()
+            if self.ring_only:
+                return
             ok = pj.CallOpParam(True)
             ok.statusCode = pj.StatusCode.BUSY_HERE if self.busy else pj.StatusCode.OK
             call.answer(ok)
@@ -138,6 +147,9 @@ def main() -> int:
     parser.add_argument(
         "--transport", choices=("udp", "tcp"), default="udp", help="register and call over this"
     )
+    parser.add_argument("--ring-only", action="store_true", help="answer 180, never 200")
+    parser.add_argument("--expect", type=int, help="the caller's call must fail with this code")
+    parser.add_argument("--cancel-after", type=float, help="the caller gives up after S s")
     args = parser.parse_args()
     Call.report_media = args.hold
     Call.stay = args.stay
@@ -169,7 +181,7 @@ def main() -> int:
         pj.AuthCredInfo("digest", args.domain, args.user, 0, args.password)
     )
     account = Account()
-    account.busy = args.busy
+    account.busy, account.ring_only = args.busy, args.ring_only
     KEEP.append(account)
     ok = False
     try:
@@ -183,6 +195,12 @@ def main() -> int:
             account.calls.append(call)
             KEEP.append(call)
             call.makeCall(args.call, pj.CallOpParam(True))
+            if args.expect is not None:
+                if args.cancel_after is not None and not call.disconnected.wait(args.cancel_after):
+                    call.hangup(pj.CallOpParam())  # not answered yet: a CANCEL
+                ended = call.disconnected.wait(args.timeout * 3)
+                ok = ended and call.code == args.expect and not call.confirmed.is_set()
+                return 0 if ok else 1
             if not call.confirmed.wait(args.timeout):
                 say(state="not-confirmed")
                 return 1
@@ -221,7 +239,7 @@ def main() -> int:
                 first.xferReplaces(second, pj.CallOpParam(True))
         calls = account.calls
         ok = all(c.disconnected.wait(args.timeout * 3) for c in calls) and all(
-            c.confirmed.is_set() or args.busy for c in calls
+            c.confirmed.is_set() or args.busy or args.ring_only for c in calls
         )
     finally:
         account.shutdown()
