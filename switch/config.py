@@ -309,7 +309,12 @@ class Gateway(_Section):
 
     name: Annotated[str, AfterValidator(_slug)]
     address: Annotated[HostPort, BeforeValidator(_gateway_address)]
-    transport: Literal["udp", "tcp"] = "udp"
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    # TLS: the name its certificate carries, checked and sent as SNI (default: its address);
+    # the CA file that signs it (default: the system's CAs); tls_verify false checks nothing.
+    tls_name: str | None = Field(default=None, min_length=1)
+    tls_ca: Path | None = None
+    tls_verify: bool = True
     # other addresses it may send calls from (IP or network); matched by IP, any port
     sources: tuple[Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)], ...] = ()
     # inbound: national numbers (no '+') are read in this country; without it, as E.164
@@ -321,6 +326,21 @@ class Gateway(_Section):
     # the carrier's routing prefix: added to outbound numbers, removed from inbound ones
     tech_prefix: Annotated[str, BeforeValidator(_int_to_str)] = ""
     max_calls: NonNegativeInt = 0  # calls through it at once, both ways (0: no limit)
+
+    @model_validator(mode="after")
+    def _tls_options(self) -> Self:
+        if self.transport != "tls":
+            for name in ("tls_name", "tls_ca"):
+                if getattr(self, name) is not None:
+                    raise _invalid(f"{name} is only used with transport tls", at=(name,))
+            if not self.tls_verify:
+                raise _invalid("tls_verify is only used with transport tls", at=("tls_verify",))
+        elif self.tls_ca is not None and not self.tls_ca.is_file():
+            raise _invalid(
+                f"no such file {str(self.tls_ca)!r} (expected the PEM CA certificates)",
+                at=("tls_ca",),
+            )
+        return self
 
     def dial_string(self, e164: str) -> str:
         """The Request-URI user for an E.164 number sent through this gateway."""

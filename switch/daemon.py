@@ -29,10 +29,11 @@ from switch.endpoint import SipEndpoint
 from switch.location import LocationService
 from switch.logs import configure
 from switch.metrics import Metrics
+from switch.migrations import SchemaError
 from switch.registrar import Registrar
 from switch.sip.digest import NonceManager
 from switch.store import Store, open_store
-from switch.transport import tls_context
+from switch.transport import ClientTls, client_tls_context, tls_context
 
 log = structlog.get_logger()
 
@@ -75,6 +76,7 @@ class Daemon:
         self.endpoint.handlers["REGISTER"] = self.registrar.handle
         self.endpoint.public_address = config.sip.public_address
         self.endpoint.t1 = config.sip.t1
+        transports.client_tls = gateway_tls(config)
         self.b2bua = B2bua(config, self.endpoint, self.location, self.registrar, self.metrics)
         self.b2bua.recorder = self.records
         if config.media.relay:
@@ -165,6 +167,8 @@ class Daemon:
         self.registrar.config = config
         if self.b2bua is not None:
             self.b2bua.config = config
+        if self.endpoint is not None:
+            self.endpoint.transports.client_tls = gateway_tls(config)
         ban = config.security.ban
         bans = self.registrar.bans
         bans.failures, bans.window, bans.duration = ban.failures, ban.window, ban.duration
@@ -195,6 +199,18 @@ class Daemon:
         log.info("stopped")
 
 
+def gateway_tls(config: Config) -> dict[tuple[str, int], ClientTls]:
+    """How TLS connections to each TLS gateway are opened and checked."""
+    return {
+        (gw.address.host, gw.address.port): ClientTls(
+            client_tls_context(str(gw.tls_ca) if gw.tls_ca else None, gw.tls_verify),
+            gw.tls_name or gw.address.host,
+        )
+        for gw in config.gateways
+        if gw.transport == "tls"
+    }
+
+
 async def _main(path: Path, config: Config) -> int:
     daemon = Daemon(path, config)
     loop = asyncio.get_running_loop()
@@ -203,7 +219,7 @@ async def _main(path: Path, config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
-    except OSError as exc:
+    except (OSError, SchemaError) as exc:
         log.error("cannot start", error=str(exc))
         await daemon.stop()
         return 1

@@ -19,6 +19,13 @@ Requests the switch sends go out through ``send_request`` (a client
 transaction, §17.1, with our Via and a new branch), ``send_ack`` (the ACK
 for a 2xx, outside any transaction) and ``cancel`` (§9.1).
 
+Over TCP/TLS, what has no open connection gets one (switch.transport): a
+request to its next hop (§18.1.1: the first Route, else the Request-URI),
+a response to its Via (§18.2.2). A client transaction whose connection
+cannot be made is ended here and its owner gets a 503 made here at once
+(§8.1.3.1, §17.1.4), so a call fails over to the next gateway rather than
+waiting for Timer B.
+
 Packets from a blocked source are dropped before parsing: it costs them
 nothing to send and must cost us as little to ignore.
 """
@@ -26,6 +33,7 @@ nothing to send and must cost us as little to ignore.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -70,6 +78,8 @@ log = structlog.get_logger()
 # The reason phrase of the 408 a client transaction's Timer B or F makes (§8.1.3.1): nothing
 # came back, so this one was made here, not received.
 NO_RESPONSE = "Request Timeout (no response)"
+# The reason phrase of the 503 a transport error makes (§8.1.3.1): the request never left.
+TRANSPORT_ERROR = "Service Unavailable (transport error)"
 
 Handler = Callable[[Request, Peer, str], Awaitable[Response]]
 OnResponse = Callable[[Response], None]
@@ -294,8 +304,15 @@ class SipEndpoint:
     def via_for(self, peer: Peer) -> Via:
         """Our Via toward ``peer``: a new branch, and rport for NAT (RFC 3581 §3)."""
         listener = self.transports.local(peer.transport)
-        host = self.public_address or (listener.host if listener is not None else "127.0.0.1")
-        port = listener.port if listener is not None else None
+        if listener is None:
+            # We cannot take connections of this transport: the peer answers on ours
+            # (§18.2.2) and, should that close, at the address we do listen on.
+            listener = self.transports.listeners[0] if self.transports.listeners else None
+        if listener is None:
+            host, port = self.public_address or "127.0.0.1", None
+        else:
+            host = self.public_address or self.transports.local_host(listener, peer)
+            port = listener.port
         return Via(peer.transport.upper(), host, port, (("branch", new_branch()), ("rport", None)))
 
     def contact_for(self, peer: Peer, user: str | None = None) -> str:
@@ -328,7 +345,7 @@ class SipEndpoint:
     def send_ack(self, ack: Request, peer: Peer) -> None:
         """The ACK for a 2xx: its own branch, no transaction (§13.2.2.4, §17.1.1.3)."""
         ack.headers.add("Via", str(self.via_for(peer)), first=True)
-        self.transports.send(bytes(ack), peer)
+        self.transports.send(bytes(ack), peer, connect_to=next_hop(ack, peer.transport))
 
     def cancel(self, txn: ClientTransaction, reason: str | None = None) -> None:
         """CANCEL a client INVITE transaction (§9.1).
@@ -384,13 +401,18 @@ class SipEndpoint:
         peer = self._peers.get(txn)
         datagrams = txn.datagrams_to_send()
         if peer is not None and datagrams:
-            destination = (
-                response_peer(txn.request.top_via, peer)
-                if isinstance(txn, ServerTransaction)
-                else peer
-            )
+            if isinstance(txn, ServerTransaction):
+                via = txn.request.top_via
+                destination = response_peer(via, peer)
+                connect_to = response_fallback(via, peer)
+                on_error: Callable[[str], None] | None = None
+            else:
+                assert isinstance(txn, ClientTransaction)
+                destination = peer
+                connect_to = next_hop(txn.request, peer.transport)
+                on_error = functools.partial(self._transport_error, txn)
             for data in datagrams:
-                self.transports.send(data, destination)
+                self.transports.send(data, destination, connect_to=connect_to, on_error=on_error)
         events = txn.events()
         if isinstance(txn, ClientTransaction):
             self._client_events(txn, events)
@@ -406,19 +428,42 @@ class SipEndpoint:
         if txn.terminated or (
             isinstance(txn, ServerNonInviteTransaction) and self.transactions.retire(txn)
         ):
-            self.transactions.remove(txn)
-            self._peers.pop(txn, None)
-            if isinstance(txn, ServerTransaction):
-                self._server_requests.pop(txn, None)
-            elif isinstance(txn, ClientTransaction):
-                self._callbacks.pop(txn, None)
-                if isinstance(txn, ClientInviteTransaction):
-                    self._cancel_pending.pop(txn, None)
+            self._forget(txn)
             return
         when = txn.next_timer()
         if when is not None:
             loop = asyncio.get_running_loop()
             self._timers[txn] = loop.call_at(when, self._fire, txn)
+
+    def _forget(self, txn: Transaction) -> None:
+        self.transactions.remove(txn)
+        self._peers.pop(txn, None)
+        if isinstance(txn, ServerTransaction):
+            self._server_requests.pop(txn, None)
+        elif isinstance(txn, ClientTransaction):
+            self._callbacks.pop(txn, None)
+            if isinstance(txn, ClientInviteTransaction):
+                self._cancel_pending.pop(txn, None)
+
+    def _transport_error(self, txn: ClientTransaction, reason: str) -> None:
+        """The connection for ``txn``'s request could not be made (§17.1.4).
+
+        The transaction ends here (the sans-IO core has no transport-error input) and
+        its owner gets a 503 made here, as §8.1.3.1 says to treat the failure.
+        """
+        callback = self._callbacks.get(txn)
+        if callback is None:
+            return  # already over: answered, timed out, or failed through another send
+        handle = self._timers.pop(txn, None)
+        if handle is not None:
+            handle.cancel()
+        self._forget(txn)
+        log.info("transport error", call_id=txn.request.call_id, method=txn.request.method,
+                 error=reason)  # fmt: skip
+        try:
+            callback(txn.request.response(503, TRANSPORT_ERROR))
+        except Exception:
+            log.exception("response callback failed", call_id=txn.request.call_id)
 
     def _client_events(self, txn: ClientTransaction, events: list[Event]) -> None:
         callback = self._callbacks.get(txn)
@@ -466,6 +511,40 @@ class SipEndpoint:
 
 def _ignore(response: Response) -> None:
     """Responses to a CANCEL: the INVITE's own response says how it ended (§9.1)."""
+
+
+def next_hop(request: Request, transport: str) -> Peer | None:
+    """Where a new connection for ``request`` goes (§8.1.2, §18.1.1).
+
+    The first Route's URI when there is one (loose routing), else the
+    Request-URI: its host and port, 5060 by default (5061 over TLS). For a
+    phone that registered over TCP this is its Contact, the address it says
+    it listens on: the port its lost connection came from was an ephemeral
+    one nobody listens on. Behind NAT neither is reachable, and only the
+    connection the phone keeps open works (RFC 5626 outbound would fix that;
+    not done). The transport stays the one the binding or gateway names.
+    """
+    try:
+        routes = request.routes
+        uri = routes[0].uri if routes else request.request_uri
+    except ParseError:
+        return None
+    if not isinstance(uri, SipUri):
+        return None
+    port = uri.port or (5061 if transport == "tls" or uri.scheme == "sips" else 5060)
+    return Peer(transport, uri.host.strip("[]"), port)
+
+
+def response_fallback(via: Via, source: Peer) -> Peer | None:
+    """Where a response goes over a stream whose connection is gone (§18.2.2).
+
+    A new connection to the ``received`` address (else the sent-by host) at the
+    sent-by port, 5060 by default (5061 over TLS). None over UDP.
+    """
+    if not source.reliable:
+        return None
+    host = (via.received or via.host).strip("[]")
+    return Peer(source.transport, host, via.port or (5061 if source.transport == "tls" else 5060))
 
 
 def response_peer(via: Via, source: Peer) -> Peer:

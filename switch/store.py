@@ -1,8 +1,9 @@
 """The storage layer: one SQLAlchemy Core metadata and one engine for every table we keep.
 
 `open_store(url)` turns the configured storage URL into a ready `Store`: the engine, with the
-tables created. SQLite is the default for one node; PostgreSQL (psycopg) is the same code with
-another URL.
+schema migrated to this version's (switch/migrations: Alembic revisions, which also adopt a
+database made before them). SQLite is the default for one node; PostgreSQL (psycopg) is the same
+code with another URL.
 
 Database work runs on one dedicated thread, a whole unit of work per hop
 (`Store.transaction(work)`): the event loop never blocks on disk, and a batch
@@ -12,8 +13,9 @@ aiosqlite path cost about half the daemon's CPU at 250 REGISTER/s). One
 thread also serializes writers, which is what SQLite wants. `GroupCommit`
 puts many small independent writes (call records) into shared transactions.
 
-Every table is defined here, in the module-level `metadata`, so the tables
-added later (voicemail, callbacks) are created by the same `create_all`.
+Every table the code reads and writes is defined here, in the module-level `metadata`; a
+table or column added here needs its migration in switch/migrations/versions (a test compares
+the migrated schema with this metadata).
 
 It does not know what the rows mean: the service that owns a table (the location service for
 `registrations`) reads and writes it, and keeps whatever cache it needs.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import (
     Boolean,
     Column,
@@ -44,7 +47,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 
+from switch import migrations
+
 _T = TypeVar("_T")
+log = structlog.get_logger()
 
 metadata = MetaData()
 
@@ -207,8 +213,12 @@ class GroupCommit:
                 future.set_result(result)
 
 
-async def open_store(url: str) -> Store:
-    """Open the database at `url`, creating the SQLite file's folders and any missing table."""
+async def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open the database at `url`, creating the SQLite file's folders, and migrate its schema.
+
+    Each migration step is logged. ``migrate=False`` leaves the schema alone (for
+    ``softswitch migrate``, which runs and reports the steps itself).
+    """
     parsed = _driver_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database and parsed.database != ":memory:":
@@ -218,7 +228,9 @@ async def open_store(url: str) -> Store:
         event.listen(engine, "connect", _sqlite_pragmas)
     store = Store(engine=engine, metadata=metadata)
     try:
-        await store.transaction(metadata.create_all)
+        if migrate:
+            for step in await store.transaction(migrations.upgrade):
+                log.info("schema migrated", step=step)
     except BaseException:
         await store.close()
         raise

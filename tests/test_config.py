@@ -398,9 +398,22 @@ def test_strip_and_prefix_rewrite_the_number(tmp_path: Path) -> None:
         ),
         pytest.param(
             "transport: tcp,",
-            "transport: tls,",
-            "F:3: gateways[1].transport: got 'tls' (expected one of 'udp' or 'tcp')",
+            "transport: sctp,",
+            "F:3: gateways[1].transport: got 'sctp' (expected one of 'udp', 'tcp' or 'tls')",
             id="gateway-transport",
+        ),
+        pytest.param(
+            "transport: tcp,",
+            "transport: tcp, tls_name: sbc.carrier.example,",
+            "F:3: gateways[1].tls_name: tls_name is only used with transport tls",
+            id="gateway-tls-option-without-tls",
+        ),
+        pytest.param(
+            "transport: tcp,",
+            "transport: tls, tls_ca: /no/such/ca.pem,",
+            "F:3: gateways[1].tls_ca: no such file '/no/such/ca.pem' (expected the PEM CA "
+            "certificates)",
+            id="gateway-tls-ca-missing",
         ),
     ],
 )

@@ -66,6 +66,18 @@ def wait_until(
         time.sleep(interval)
 
 
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for DNS ``name`` signed by itself, and its key, valid for a day (openssl)."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName=DNS:{name}", "-days", "1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
 def base_config(tmp: Path, sip_port: int, http_port: int) -> dict[str, Any]:
     """The test configuration: loopback only, short expiries, a small ban threshold."""
     return {

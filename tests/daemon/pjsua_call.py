@@ -1,10 +1,11 @@
 """A pjsua2 phone in its own process that makes or answers one call through the switch.
 
 Run by test_calls.py, never imported by pytest (pjsip's threads and global
-state do not belong in the test process). Null audio device. It registers,
-then with ``--call URI`` calls, talks for ``--talk`` seconds and hangs up; with
-``--answer`` it waits for a call, answers it (180, then 200) and waits for
-the other side to hang up. It prints JSON lines on stdout:
+state do not belong in the test process). Null audio device. It registers
+(over UDP, or TCP with ``--transport tcp``), then with ``--call URI`` calls,
+talks for ``--talk`` seconds and hangs up; with ``--answer`` it waits for a
+call, answers it (180, then 200) and waits for the other side to hang up.
+It prints JSON lines on stdout:
 
     {"state": "registered"}  {"state": "confirmed"}  {"state": "disconnected", "code": 200}
 
@@ -125,7 +126,7 @@ class Account(pj.Account):  # type: ignore[misc]
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True, help="host:port of the softswitch (UDP)")
+    parser.add_argument("--server", required=True, help="host:port of the softswitch")
     parser.add_argument("--local-port", type=int, required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
@@ -143,6 +144,9 @@ def main() -> int:
     parser.add_argument("--stay", action="store_true", help="no hangup after a transfer")
     parser.add_argument("--busy", action="store_true", help="answer 486 Busy Here")
     parser.add_argument("--wait-word", action="store_true", help='hang up on "hangup" (stdin)')
+    parser.add_argument(
+        "--transport", choices=("udp", "tcp"), default="udp", help="register and call over this"
+    )
     parser.add_argument("--ring-only", action="store_true", help="answer 180, never 200")
     parser.add_argument("--expect", type=int, help="the caller's call must fail with this code")
     parser.add_argument("--cancel-after", type=float, help="the caller gives up after S s")
@@ -161,7 +165,8 @@ def main() -> int:
     transport = pj.TransportConfig()
     transport.boundAddress = "127.0.0.1"
     transport.port = args.local_port
-    ep.transportCreate(pj.TransportType.UDP, transport)
+    kind = pj.TransportType.TCP if args.transport == "tcp" else pj.TransportType.UDP
+    ep.transportCreate(kind, transport)
     ep.libStart()
     devices = ep.audDevManager
     (devices() if callable(devices) else devices).setNullDev()
@@ -170,7 +175,8 @@ def main() -> int:
     account_config.idUri = f"sip:{args.user}@{args.domain}"
     account_config.regConfig.registrarUri = f"sip:{args.domain}"
     account_config.regConfig.retryIntervalSec = 0
-    account_config.sipConfig.proxies.append(f"sip:{args.server};lr")
+    over = "" if args.transport == "udp" else f";transport={args.transport}"
+    account_config.sipConfig.proxies.append(f"sip:{args.server};lr{over}")
     account_config.sipConfig.authCreds.append(
         pj.AuthCredInfo("digest", args.domain, args.user, 0, args.password)
     )

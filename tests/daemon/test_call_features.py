@@ -5,7 +5,6 @@ re-INVITE (RFC 3261 §14, RFC 3264 §8.4), the concurrent call limits per user
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ import pytest
 
 from tests.daemon.harness import USERS, Daemon, wait_until
 from tests.daemon.sipp import SippResult, run_sipp
-from tests.daemon.test_calls import call, callee, ok, pjsua, register_callee
+from tests.daemon.test_calls import call, callee, ok, pjsua_call, register_callee
 
 
 def test_caller_holds_and_resumes_through_reinvite(daemon: Daemon, work: Path) -> None:
@@ -132,21 +131,12 @@ def reports(output: str, key: str) -> list[str]:
 def test_pjsua_phone_holds_and_resumes(daemon: Daemon, work: Path) -> None:
     """pjsua2's own hold (Call.setHold) and unhold (reinvite with PJSUA_CALL_UNHOLD)."""
     pytest.importorskip("pjsua2")
-    bob = pjsua(daemon, work, "102", "--hold")
-    try:
-        wait_until(lambda: daemon.registrations() == 1, 10, what="102 to register")
-        alice = pjsua(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "1",
-                      "--hold")  # fmt: skip
-        alice_out, _ = alice.communicate(timeout=30)
-        bob_out, _ = bob.communicate(timeout=30)
-    finally:
-        for phone in (bob, locals().get("alice")):
-            if isinstance(phone, subprocess.Popen) and phone.poll() is None:
-                phone.kill()
+    phones = pjsua_call(daemon, work, ("--hold",), ("--hold",))
+    alice_out, bob_out = phones.caller_out, phones.callee_out
     assert reports(alice_out, "state") == ["registered", "confirmed", "disconnected"], alice_out
     assert reports(alice_out, "media") == ["active", "local_hold", "active"], alice_out
     assert reports(bob_out, "media") == ["active", "remote_hold", "active"], bob_out
-    assert alice.returncode == 0 and bob.returncode == 0, (alice_out, bob_out)
+    assert phones.exited_0, (alice_out, bob_out)
     (disconnect,) = daemon.events_named("CCEventDisconnect")
     assert disconnect["by"] == "caller"
 

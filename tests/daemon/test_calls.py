@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,25 +193,50 @@ def pjsua(daemon: Daemon, work: Path, user: str, *extra: str) -> subprocess.Pope
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class PhoneCall:
+    """What two pjsua phones printed and how they exited: 101 calling 102."""
+
+    caller: subprocess.Popen[str]
+    caller_out: str
+    callee: subprocess.Popen[str]
+    callee_out: str
+
+    @property
+    def exited_0(self) -> bool:
+        return self.caller.returncode == 0 and self.callee.returncode == 0
+
+
+def pjsua_call(
+    daemon: Daemon, work: Path, callee_args: tuple[str, ...] = (), caller_args: tuple[str, ...] = ()
+) -> PhoneCall:
+    """pjsua 102 registers, then pjsua 101 calls it and talks 1 s; both are waited for."""
+    callee = pjsua(daemon, work, "102", *callee_args)
+    caller: subprocess.Popen[str] | None = None
+    try:
+        wait_until(lambda: daemon.registrations() == 1, 10, what="102 to register")
+        caller = pjsua(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "1",
+                       *caller_args)  # fmt: skip
+        caller_out, _ = caller.communicate(timeout=30)
+        callee_out, _ = callee.communicate(timeout=30)
+    finally:
+        for phone in (callee, caller):
+            if phone is not None and phone.poll() is None:
+                phone.kill()
+    return PhoneCall(caller, caller_out, callee, callee_out)
+
+
 def states(output: str) -> list[str]:
     return [json.loads(line)["state"] for line in output.splitlines() if line.startswith("{")]
 
 
 def test_pjsua_phone_calls_phone(daemon: Daemon, work: Path) -> None:
     require_module("pjsua2")
-    bob = pjsua(daemon, work, "102")
-    try:
-        wait_until(lambda: daemon.registrations() == 1, 10, what="102 to register")
-        alice = pjsua(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "1")
-        alice_out, _ = alice.communicate(timeout=30)
-        bob_out, _ = bob.communicate(timeout=30)
-    finally:
-        for phone in (bob, locals().get("alice")):
-            if isinstance(phone, subprocess.Popen) and phone.poll() is None:
-                phone.kill()
+    phones = pjsua_call(daemon, work)
+    alice_out, bob_out = phones.caller_out, phones.callee_out
     assert states(alice_out) == ["registered", "confirmed", "disconnected"], (alice_out, bob_out)
     assert states(bob_out) == ["registered", "confirmed", "disconnected"], bob_out
-    assert alice.returncode == 0 and bob.returncode == 0, (alice_out, bob_out)
+    assert phones.exited_0, (alice_out, bob_out)
     (disconnect,) = daemon.events_named("CCEventDisconnect")
     assert disconnect["by"] == "caller"
     # The callee was offered the relay's port (media section defaults: 30000-39999), and
@@ -313,17 +339,9 @@ def test_call_records_of_busy_cancelled_and_unanswered_calls(
 
 def test_pjsua_call_record_counts_the_relayed_media(daemon: Daemon, work: Path) -> None:
     require_module("pjsua2")
-    bob = pjsua(daemon, work, "102")
-    try:
-        wait_until(lambda: daemon.registrations() == 1, 10, what="102 to register")
-        alice = pjsua(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "1")
-        alice_out, _ = alice.communicate(timeout=30)
-        bob_out, _ = bob.communicate(timeout=30)
-    finally:
-        for phone in (bob, locals().get("alice")):
-            if isinstance(phone, subprocess.Popen) and phone.poll() is None:
-                phone.kill()
-    assert alice.returncode == 0 and bob.returncode == 0, (alice_out, bob_out)
+    phones = pjsua_call(daemon, work)
+    alice_out, bob_out = phones.caller_out, phones.callee_out
+    assert phones.exited_0, (alice_out, bob_out)
     (row,) = records(daemon)
     assert (row["disposition"], row["hangup_by"]) == ("answered", "caller")
     assert row["billsec"] >= 1  # --talk 1

@@ -14,7 +14,15 @@ import pytest
 import yaml
 
 from tests.daemon.conftest import require
-from tests.daemon.harness import REPO, USERS, Daemon, free_port, options_ok, wait_until
+from tests.daemon.harness import (
+    REPO,
+    USERS,
+    Daemon,
+    free_port,
+    options_ok,
+    self_signed,
+    wait_until,
+)
 from tests.daemon.sipclient import SipClient, contacts
 from tests.daemon.sipp import run_sipp
 
@@ -36,14 +44,7 @@ def softswitch(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     require("openssl")
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-days", "1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path, "localhost")
 
 
 def test_tls_register(make_daemon: Any, certificate: tuple[Path, Path]) -> None:
