@@ -25,6 +25,12 @@ phone to an outside number: caller is the extension, callee the E.164 number, `d
 ID it was sent with). An internal call to one of the tenant's own numbers keeps that number in
 `did` too. Each leg has the voice codec its phones agreed on.
 
+A call the switch handles itself (``switch.b2bua.control``) is recorded the same way: its
+answer is the switch's, so it is 'answered' and `billsec` runs from then. Its legs are the
+caller's, then one per fork of each leg it dialled (role 'callee'), each with its own times and
+relay counters. When the switch ends it, `hangup_cause` is the Q.850 cause it ended it with
+(e.g. '19 No answer' after a follow-me nobody took).
+
 It does not decide anything about the call: it listens to the call-control events (``CCEvent*``)
 and reads the call and its relay session when the call is over. It also counts ended calls in
 the metrics (RTP counters come from the relay itself, live: media.metrics). Not done here:
@@ -54,8 +60,10 @@ from switch.b2bua.call import (
     CCEventFail,
     Side,
 )
+from switch.b2bua.control import HandledCall, Leg
+from switch.b2bua.forks import Fork
 from switch.b2bua.media import RelayMedia
-from switch.endpoint import NO_RESPONSE
+from switch.endpoint import NO_RESPONSE, ServerRequest
 from switch.metrics import Metrics
 from switch.sip.errors import ParseError
 from switch.sip.message import Request
@@ -219,7 +227,7 @@ class CallRecorder:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self._open: dict[Call, _Open] = {}
+        self._open: dict[Call | HandledCall, _Open] = {}
         self._writes = GroupCommit(store)
         self._last_beat = 0.0
         for value in Disposition:  # every series exists from the start, at 0
@@ -231,7 +239,7 @@ class CallRecorder:
 
     def begin(
         self,
-        call: Call,
+        call: Call | HandledCall,
         *,
         tenant: str,
         caller: str,
@@ -258,7 +266,7 @@ class CallRecorder:
             if call.id == sip_call_id:
                 entry.media_timeout = True
 
-    def on_event(self, call: Call, event: CCEvent) -> None:
+    def on_event(self, call: Call | HandledCall, event: CCEvent) -> None:
         entry = self._open.get(call)
         if entry is None:
             return
@@ -298,7 +306,7 @@ class CallRecorder:
 
     def _finish(
         self,
-        call: Call,
+        call: Call | HandledCall,
         entry: _Open,
         event: CCEventFail | CCEventDisconnect,
         ended_at: float,
@@ -336,7 +344,7 @@ class CallRecorder:
 
 
 def finished(
-    call: Call,
+    call: Call | HandledCall,
     record: CallRecord,
     event: CCEventFail | CCEventDisconnect,
     answered_at: float | None,
@@ -344,22 +352,33 @@ def finished(
     media_timeout: bool = False,
 ) -> CallRecord:
     """The final record of `call`, which just reported `event`."""
-    legs = _legs(call, answered_at, ended_at)
+    if isinstance(call, HandledCall):
+        legs = _handled_legs(call, ended_at)
+    else:
+        legs = _legs(call, answered_at, ended_at)
     if isinstance(event, CCEventDisconnect):
         result = Disposition.ANSWERED
         by = HangupBy.SYSTEM if event.by is None else HangupBy(event.by.value)
+        ours = call.caller.hangup_info if isinstance(call, HandledCall) else None
         if event.transferred:
             cause = "transferred"
         elif event.by is not None:
             cause = "BYE"
+        elif media_timeout:
+            cause = "media timeout"
+        elif ours is not None and not ours.by_phone:
+            cause = f"{ours.cause.value} {ours.cause.text}"
         else:
-            cause = "media timeout" if media_timeout else "ended by the switch"
+            cause = "ended by the switch"
     else:
-        cancelled = call.state is CallState.CANCELLED
+        if isinstance(call, HandledCall):
+            cancelled, forks = call.cancelled, []
+        else:
+            cancelled, forks = call.state is CallState.CANCELLED, call.forks
         result = disposition(event.status, cancelled=cancelled)
         if cancelled:
             by = HangupBy.CALLER
-        elif any(f.final == event.status and f.reason != NO_RESPONSE for f in call.forks):
+        elif any(f.final == event.status and f.reason != NO_RESPONSE for f in forks):
             by = HangupBy.CALLEE  # its phone said so (a 408 of our Timer B is ours)
         else:
             by = HangupBy.SYSTEM
@@ -377,42 +396,18 @@ def finished(
 
 
 def _legs(call: Call, answered_at: float | None, ended_at: float) -> tuple[LegRecord, ...]:
-    a = call.incoming
-    request = a.request
     status = 200 if answered_at is not None else None
-    caller = LegRecord(
-        leg=0,
-        role=Side.A.value,
-        sip_call_id=request.call_id,
-        contact=_contact(request),
-        address=_address(a.peer),
-        local_tag=a.to_tag,
-        remote_tag=request.from_.tag,
-        status=status,
-        answered=status == 200,
-        codec=call.media.codec,
-    )
-    legs = [caller]
+    caller = _caller_leg(call.incoming, status)
+    legs = [replace(caller, answered=status == 200, codec=call.media.codec)]
     winner = call.answered_by
     won_index = 0
     for n, fork in enumerate(call.forks, start=1):
-        sip_call_id = fork.request.call_id
-        won = winner is not None and winner.id.call_id == sip_call_id
-        won_index = n if won else won_index
-        legs.append(
-            LegRecord(
-                leg=n,
-                role=Side.B.value,
-                sip_call_id=sip_call_id,
-                contact=fork.target.uri,
-                address=_address(fork.target.peer),
-                local_tag=fork.request.from_.tag,
-                remote_tag=winner.id.remote_tag if won and winner is not None else None,
-                status=fork.final,
-                answered=won,
-                codec=call.media.codec if won else None,
-            )
-        )
+        record = _fork_leg(n, fork)
+        if winner is not None and winner.id.call_id == record.sip_call_id:
+            won_index = n
+            record = replace(record, remote_tag=winner.id.remote_tag, answered=True,
+                             codec=call.media.codec)  # fmt: skip
+        legs.append(record)
     # Who was on each side, in turn: (leg index, joined at, counters before it joined).
     turns: dict[Side, list[tuple[int, float | None, LegStats | None]]] = {
         Side.A: [(0, answered_at, None)] if status == 200 else [],
@@ -450,6 +445,62 @@ def _legs(call: Call, answered_at: float | None, ended_at: float) -> tuple[LegRe
             leg = replace(legs[index], answered_at=joined, ended_at=left)
             legs[index] = leg if after is None else leg.with_media(after, before)
     return tuple(legs)
+
+
+def _handled_legs(call: HandledCall, ended_at: float) -> tuple[LegRecord, ...]:
+    """The caller's leg, then each fork of each leg the switch dialled for it."""
+    caller, final = call.caller, call.caller.final
+    first = _caller_leg(caller.incoming, final.status if final is not None else None)
+    legs = [_with_leg(first, caller, ended_at)]
+    for attempt in call.attempts:
+        won = attempt.leg.dialog if attempt.leg is not None else None
+        for fork in attempt.forks:
+            record = _fork_leg(len(legs), fork)
+            if attempt.leg is not None and won is not None and won.call_id == record.sip_call_id:
+                record = replace(record, remote_tag=won.id.remote_tag)
+                record = _with_leg(record, attempt.leg, ended_at)
+            legs.append(record)
+    return tuple(legs)
+
+
+def _caller_leg(incoming: ServerRequest, status: int | None) -> LegRecord:
+    """Leg 0, the caller's INVITE, as it came in (not answered yet)."""
+    request = incoming.request
+    return LegRecord(
+        leg=0,
+        role=Side.A.value,
+        sip_call_id=request.call_id,
+        contact=_contact(request),
+        address=_address(incoming.peer),
+        local_tag=incoming.to_tag,
+        remote_tag=request.from_.tag,
+        status=status,
+        answered=False,
+    )
+
+
+def _fork_leg(n: int, fork: Fork) -> LegRecord:
+    """Leg ``n``, one INVITE towards the callee, as sent (not answered)."""
+    return LegRecord(
+        leg=n,
+        role=Side.B.value,
+        sip_call_id=fork.request.call_id,
+        contact=fork.target.uri,
+        address=_address(fork.target.peer),
+        local_tag=fork.request.from_.tag,
+        remote_tag=None,
+        status=fork.final,
+        answered=False,
+    )
+
+
+def _with_leg(record: LegRecord, leg: Leg, ended_at: float) -> LegRecord:
+    """``record`` of an answered ``leg``: its times, codec and relay counters."""
+    if leg.answered_at is None:
+        return record
+    record = replace(record, answered=True, codec=leg.codec, answered_at=leg.answered_at,
+                     ended_at=leg.ended_at or ended_at)  # fmt: skip
+    return record if leg.media is None else record.with_media(leg.media.stats())
 
 
 def _address(peer: Peer) -> str:

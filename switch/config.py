@@ -7,8 +7,10 @@ from the composed YAML node tree, walked along pydantic's error locations.
 
 Gateways (trunk peers known by address) and each tenant's company numbers (DIDs) are checked
 here across the whole file: a tenant's gateway must exist, a DID belongs to one tenant and
-points at one of its extensions. Numbers an operator writes (DIDs, caller IDs) may be national
-in the tenant's ``country``; they are kept in E.164 (switch/numbers.py).
+points at one of its extensions or routes. A route (a number the switch answers itself with a
+built-in call handler) is not an extension, names a handler that exists, and needs the relay.
+Numbers an operator writes (DIDs, caller IDs) may be national in the tenant's ``country``; they
+are kept in E.164 (switch/numbers.py).
 
 It does not open sockets, create the database or read dialplans; paths it checks (TLS
 certificate and key) are taken as written, relative ones from the working directory.
@@ -379,6 +381,28 @@ def _number(text: str, country: str | None, at: Loc) -> str:
     return number
 
 
+class AnswerHangup(_Section):
+    """Answers, keeps the line open ``seconds``, hangs up: a line test (the caller's RTP is
+    counted by the relay)."""
+
+    handler: Literal["answer-hangup"]
+    seconds: PositiveFloat = 5.0
+
+
+class FollowMe(_Section):
+    """Answers, rings ``extension`` for ``timeout`` seconds and connects the two; on no
+    answer or busy, hangs up with that cause."""
+
+    handler: Literal["follow-me"]
+    extension: Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_digits)]
+    timeout: PositiveInt = 20
+
+
+# A number the switch answers itself, by the built-in call handler named in `handler`
+# (switch/b2bua/handlers.py) -- until dialplans (dialplans/) route numbers to flows.
+Route = Annotated[AnswerHangup | FollowMe, Field(discriminator="handler")]
+
+
 class Tenant(_Section):
     name: Annotated[str, AfterValidator(_slug)]
     domain: Annotated[str, AfterValidator(_domain)]
@@ -393,6 +417,10 @@ class Tenant(_Section):
         dict[str, Annotated[str, BeforeValidator(_int_to_str)]], BeforeValidator(_did_keys)
     ] = Field(default_factory=dict)
     users: tuple[User, ...] = ()
+    # short numbers the switch answers itself, each with its call handler
+    routes: Annotated[
+        dict[Annotated[str, AfterValidator(_digits)], Route], BeforeValidator(_did_keys)
+    ] = Field(default_factory=dict)
     _by_extension: dict[str, User] = PrivateAttr(default_factory=dict)
     _dids: dict[str, str] = PrivateAttr(default_factory=dict)  # E.164 -> extension
     _caller_ids: dict[str, str] = PrivateAttr(default_factory=dict)  # extension -> E.164
@@ -406,14 +434,26 @@ class Tenant(_Section):
                     at=("users", i, "extension"),
                 )
             self._by_extension[user.extension] = user
+        for number, route in self.routes.items():
+            if number in self._by_extension:
+                raise _invalid(
+                    f"route {number!r} is also an extension (expected a number of its own)",
+                    at=("routes", number),
+                )
+            if isinstance(route, FollowMe) and route.extension not in self._by_extension:
+                known = ", ".join(self._by_extension) or "none"
+                raise _invalid(
+                    f"follow-me rings unknown extension {route.extension!r} (known: {known})",
+                    at=("routes", number, "extension"),
+                )
         return self
 
     @model_validator(mode="after")
     def _index_numbers(self) -> Self:
         for text, extension in self.dids.items():
             number = _number(text, self.country, ("dids", text))
-            if extension not in self._by_extension:
-                known = ", ".join(self._by_extension) or "none"
+            if extension not in self._by_extension and extension not in self.routes:
+                known = ", ".join([*self._by_extension, *self.routes]) or "none"
                 raise _invalid(
                     f"DID {text!r} rings unknown extension {extension!r} (known: {known})",
                     at=("dids", text),
@@ -510,6 +550,16 @@ class Config(_Section):
                         f"DID {shown!r} already belongs to tenant {owner.name!r}",
                         at=("tenants", i, "dids", text),
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _routes_need_the_relay(self) -> Self:
+        for i, tenant in enumerate(self.tenants):
+            if tenant.routes and not self.media.relay:
+                raise _invalid(
+                    "routes need media.relay: true (the switch answers them with its own media)",
+                    at=("tenants", i, "routes"),
+                )
         return self
 
     def tenant_by_domain(self, domain: str) -> Tenant | None:
@@ -675,9 +725,22 @@ _EXPECTED = {
 }
 
 
+# pydantic puts the tag of a route's handler into the location of its errors; the YAML has
+# no such key (routes.500.follow-me.timeout is routes.500.timeout).
+_ROUTE_TAGS = frozenset(get_args(m.model_fields["handler"].annotation)[0]
+                        for m in (AnswerHangup, FollowMe))  # fmt: skip
+
+
+def _without_tags(loc: Loc) -> Loc:
+    return tuple(
+        part for i, part in enumerate(loc)
+        if not (part in _ROUTE_TAGS and i >= 2 and loc[i - 2] == "routes")
+    )  # fmt: skip
+
+
 def _validation_problem(path: Path, root: yaml.Node | None, error: ErrorDetails) -> Problem:
     ctx = error.get("ctx", {})
-    loc: Loc = (*error["loc"], *ctx.get("at", ()))
+    loc: Loc = _without_tags((*error["loc"], *ctx.get("at", ())))
     line, node = _locate(root, loc)
     kind = error["type"]
     if kind == "missing":
@@ -690,6 +753,11 @@ def _validation_problem(path: Path, root: yaml.Node | None, error: ErrorDetails)
         return Problem(path, line, _render(loc[:-1]), message)
     if kind == _ERROR_TYPE:
         return Problem(path, line, _render(loc), str(ctx["message"]))
+    if kind == "union_tag_invalid":  # e.g. a route's handler: name the key and the choices
+        key = str(ctx["discriminator"]).strip("'")
+        line, _ = _locate(root, (*loc, key))
+        message = f"unknown {key} {ctx['tag']!r} (expected one of {ctx['expected_tags']})"
+        return Problem(path, line, _render((*loc, key)), message)
     if kind not in _EXPECTED:
         return Problem(path, line, _render(loc), error["msg"])
     got = repr(node.value) if isinstance(node, yaml.ScalarNode) else _show(error["input"])

@@ -82,6 +82,7 @@ class Daemon:
         if config.media.relay:
             self.relay = Relay(config.media.relay_config(), on_timeout=self._on_media_timeout)
             self.b2bua.media = self.b2bua.relay_media(self.relay)
+            self.b2bua.relay = self.relay
             # RTP counters are read from the relay at scrape time, live calls included.
             self.metrics.registry.register(RelayCollector(self.relay))
         self.b2bua.attach()
@@ -182,6 +183,8 @@ class Daemon:
         log.info("draining")
         if self.endpoint is not None:
             await self.endpoint.drain(DRAIN_SECONDS)
+        if self.b2bua is not None:
+            await self.b2bua.stop()  # BYE to the calls it handles, while transports are open
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         if self.http is not None:

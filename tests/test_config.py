@@ -259,7 +259,7 @@ def test_all_problems_are_reported_in_line_order(tmp_path: Path) -> None:
     assert problems(tmp_path, text) == [
         "F:1: log.level: got 'loud' (expected one of 'debug', 'info', 'warning' or 'error')",
         "F:5: tenants[0]: unknown key 'colour' (did you mean 'country'? expected one of: "
-        "name, domain, country, gateways, caller_id, dids, users)",
+        "name, domain, country, gateways, caller_id, dids, users, routes)",
         "F:8: tenants[0].users[1]: missing required key 'extension'",
     ]
 

@@ -3,20 +3,22 @@
 A phone of a tenant dials a string; it is, in this order:
 
 - one of the tenant's extensions: an internal call;
+- one of the tenant's ``routes``: a number the switch answers itself, by a
+  call handler (``switch.b2bua.control``);
 - an emergency short code of the tenant's country (112, 911, ...): out
   through the tenant's gateways as dialled, never refused for a limit;
 - a number (national in the tenant's country or international, see
   switch/numbers.py) that is one of the tenant's own DIDs: the extension
-  that DID rings, still an internal call;
+  (or route) that DID rings, still an internal call;
 - any other number: out through the tenant's gateways, in E.164;
 - anything else: 484 Address Incomplete (RFC 3261 §21.4.22).
 
 A call from a gateway is for a company number (DID): its Request-URI user,
 less the gateway's tech prefix, is E.164 with or without '+', or national
 in the gateway's ``country`` when it has one. It rings the extension the
-DID names until dialplans arrive. An unknown number is not routed at all:
-a carrier's call never reaches an extension by its short number, nor goes
-back out through a gateway.
+DID names, or goes to the route it names, until dialplans arrive. An
+unknown number is not routed at all: a carrier's call never reaches an
+extension by its short number, nor goes back out through a gateway.
 
 This module only decides; it sends nothing and counts nothing.
 """
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from switch.b2bua.forks import Target
-from switch.config import Config, Gateway, Tenant
+from switch.config import Config, Gateway, Route, Tenant
 from switch.numbers import is_emergency, to_e164
 from switch.transport import Peer
 
@@ -43,6 +45,16 @@ class ToExtension:
 
 
 @dataclass(frozen=True, slots=True)
+class ToHandler:
+    """A number the switch answers itself: its route names the call handler."""
+
+    tenant: Tenant
+    number: str
+    route: Route
+    did: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ToOutside:
     number: str  # E.164, or an emergency short code as dialled
     emergency: bool = False
@@ -54,13 +66,13 @@ class Unroutable:
     reason: str
 
 
-Route = ToExtension | ToOutside | Unroutable
+Destination = ToExtension | ToHandler | ToOutside | Unroutable
 
 
-def dialled(tenant: Tenant, text: str) -> Route:
+def dialled(tenant: Tenant, text: str) -> Destination:
     """Where a call from a phone of ``tenant`` to ``text`` goes."""
-    if tenant.user(text) is not None:
-        return ToExtension(tenant, text)
+    if tenant.user(text) is not None or text in tenant.routes:
+        return _local(tenant, text)
     if is_emergency(text, tenant.country):
         return ToOutside(text, emergency=True)
     number = to_e164(text, tenant.country)
@@ -68,12 +80,19 @@ def dialled(tenant: Tenant, text: str) -> Route:
         return Unroutable(484, "Address Incomplete")
     extension = tenant.numbers.get(number)
     if extension is not None:
-        return ToExtension(tenant, extension, did=number)
+        return _local(tenant, extension, number)
     return ToOutside(number)
 
 
-def inbound(config: Config, gateway: Gateway, text: str) -> ToExtension | None:
-    """The extension a call from ``gateway`` to the number ``text`` rings, if it is a DID."""
+def _local(tenant: Tenant, number: str, did: str | None = None) -> ToExtension | ToHandler:
+    route = tenant.routes.get(number)
+    if route is not None:
+        return ToHandler(tenant, number, route, did)
+    return ToExtension(tenant, number, did)
+
+
+def inbound(config: Config, gateway: Gateway, text: str) -> ToExtension | ToHandler | None:
+    """Where a call from ``gateway`` to the number ``text`` goes, if it is a DID."""
     if gateway.tech_prefix:
         text = text.removeprefix(gateway.tech_prefix)
     forms = [inbound_number(text)]
@@ -82,7 +101,7 @@ def inbound(config: Config, gateway: Gateway, text: str) -> ToExtension | None:
     for number in forms:
         tenant = config.tenant_by_did(number) if number is not None else None
         if tenant is not None and number is not None:
-            return ToExtension(tenant, tenant.numbers[number], did=number)
+            return _local(tenant, tenant.numbers[number], number)
     return None
 
 

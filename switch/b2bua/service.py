@@ -31,17 +31,28 @@ A gateway call counts against every gateway it may still fail over to until
 one answers, then against that one only. A transfer keeps the call one call
 of its tenant; its target must be under its own user limit.
 
+A number in a tenant's ``routes`` (dialled by a phone, or a DID pointing at
+it) is not forked: the switch handles the call itself (``HandledCall``,
+``switch.b2bua.control``), running the route's built-in handler
+(``switch.b2bua.handlers``) as a task. It counts against the caller's and
+the tenant's limits (not a user limit of its own: many callers may reach one
+number at once), and each leg it dials against the limits of whom it
+reaches. Its in-dialog requests find it in an index of its own
+(``handled``). A handled call needs the media relay.
+
 REFER in a dialog of ours is a transfer (``switch.b2bua.transfer``): the
 target is checked here (an extension of the call's tenant, the transferor's
 other call for an attended transfer) before the call hands it on. An INVITE
 with a Replaces header is authenticated like any INVITE, then takes the
 place of the leg it names instead of being routed.
 
-Not done here: calls to other tenants, registering to trunks, dialplans.
+Not done here: calls to other tenants, registering to trunks, dialplans, and
+transfer of handled calls (REFER gets 501).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections import Counter
@@ -62,9 +73,12 @@ from switch.b2bua.call import (
     CCEventTransfer,
     Side,
 )
+from switch.b2bua.control import DialFailure, Dialling, HandledCall
 from switch.b2bua.forks import Target
+from switch.b2bua.handlers import handler_for
 from switch.b2bua.media import MediaFactory, MediaSession, RelayMedia, pass_through
-from switch.b2bua.routing import ToOutside, Unroutable
+from switch.b2bua.q850 import Cause, cause_of
+from switch.b2bua.routing import ToHandler, ToOutside, Unroutable
 from switch.b2bua.transfer import (
     Kind,
     Transfer,
@@ -115,6 +129,17 @@ class Placement:
     failover: tuple[Target, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Handling:
+    """A call for a number the switch handles itself (a route of the tenant)."""
+
+    route: ToHandler
+    usage: Usage
+    caller: str  # for the call record: an extension, or the calling number
+    caller_user: str | None  # the tenant's extension calling, if one is
+    direction: str
+
+
 class B2bua:
     def __init__(
         self,
@@ -134,8 +159,10 @@ class B2bua:
         self.media = media
         self.clock = clock
         self.dialogs: dict[DialogId, Call] = {}
-        self.active: set[Call] = set()
-        self._usage: dict[Call, Usage] = {}
+        self.handled: dict[DialogId, HandledCall] = {}  # dialogs of calls the switch handles
+        self.relay: Relay | None = None  # handled calls terminate their media through it
+        self.active: set[Call | HandledCall] = set()
+        self._usage: dict[Call | HandledCall, Usage] = {}
         self._per_user: Counter[tuple[str, str]] = Counter()
         self._per_tenant: Counter[str] = Counter()
         self._per_gateway: Counter[str] = Counter()
@@ -168,18 +195,20 @@ class B2bua:
         if any(via.sent_by == ours for via in request.via):
             return request.response(482, None, to_tag)  # §16.3 step 4: it came back to us
         gateway = self.config.gateway_at(peer.transport, peer.host, peer.port)
-        placed: Placement | Response | None
+        placed: Placement | Handling | Response | None
         if gateway is not None:
             placed = self._from_gateway(request, peer, gateway, to_tag)
         else:
             placed = self._from_phone(incoming)
         if placed is None or isinstance(placed, Response):
             return placed
+        if isinstance(placed, Handling):
+            return self._start_handled(incoming, placed)
         return self._start(incoming, placed)
 
     def _from_gateway(
         self, request: Request, peer: Peer, gateway: Gateway, to_tag: str
-    ) -> Placement | Response:
+    ) -> Placement | Handling | Response:
         """A call from a trunk to a company number (DID)."""
         target = request.request_uri
         assert isinstance(target, SipUri)  # the endpoint answered 416 to other schemes
@@ -189,9 +218,14 @@ class B2bua:
             log.info("call to an unknown number", call_id=request.call_id, gateway=gateway.name,
                      number=called)  # fmt: skip
             return request.response(404, "No such number", to_tag)
-        tenant, extension = route.tenant, route.extension
         if gateway.max_calls and self._per_gateway[gateway.name] >= gateway.max_calls:
             return _gateway_full(request, gateway, to_tag)
+        if isinstance(route, ToHandler):
+            caller = _calling_number(request)
+            refused = self._over_limit(request, route.tenant.name, None, to_tag)
+            usage = Usage(route.tenant.name, (), {gateway.name: peer})
+            return refused or Handling(route, usage, caller, None, "inbound")
+        tenant, extension = route.tenant, route.extension
         refused = self._over_limit(request, tenant.name, extension, to_tag, user_status=486)
         if refused is not None:
             return refused
@@ -204,8 +238,9 @@ class B2bua:
             caller=_calling_number(request), callee=extension, direction="inbound", did=route.did,
         )  # fmt: skip
 
-    def _from_phone(self, incoming: ServerRequest) -> Placement | Response | None:
-        """A call from a phone, once it proves who it is (None: it replaced a leg)."""
+    def _from_phone(self, incoming: ServerRequest) -> Placement | Handling | Response | None:
+        """A call from a phone, once it proves who it is (None: it replaced a leg, or the
+        switch handles it)."""
         request, peer, to_tag = incoming.request, incoming.peer, incoming.to_tag
         caller_uri, target = request.from_.uri, request.request_uri
         assert isinstance(target, SipUri)  # the endpoint answered 416 to other schemes
@@ -235,6 +270,9 @@ class B2bua:
             return request.response(route.status, route.reason, to_tag)
         if isinstance(route, ToOutside):
             return self._outbound(request, tenant, user, route, to_tag)
+        if isinstance(route, ToHandler):
+            refused = self._over_limit(request, tenant.name, user, to_tag)
+            return refused or Handling(route, Usage(tenant.name, (user,)), user, user, "internal")
         callee = route.extension
         refused = self._over_limit(request, tenant.name, user, to_tag)
         if refused is not None:
@@ -258,13 +296,9 @@ class B2bua:
             refused = self._over_limit(request, tenant.name, user, to_tag)
             if refused is not None:
                 return refused
-        gateways = [self.config.gateway(name) for name in tenant.gateways]
-        free = [
-            gw for gw in gateways
-            if route.emergency or not gw.max_calls or self._per_gateway[gw.name] < gw.max_calls
-        ]  # fmt: skip
+        free = self._free_gateways(tenant, route.emergency)
         if not free:
-            return _gateway_full(request, gateways[-1], to_tag)
+            return _gateway_full(request, self.config.gateway(tenant.gateways[-1]), to_tag)
         caller_id = tenant.caller_id_of(user)
         targets = [routing.gateway_target(gw, route, caller_id, tenant.domain) for gw in free]
         peers = {gw.name: target.peer for gw, target in zip(free, targets, strict=True)}
@@ -273,6 +307,14 @@ class B2bua:
             tenant, targets[:1], targets[0].uri, usage, caller=user, callee=route.number,
             direction="outbound", did=caller_id, failover=tuple(targets[1:]),
         )  # fmt: skip
+
+    def _free_gateways(self, tenant: Tenant, emergency: bool) -> list[Gateway]:
+        """The tenant's gateways in order, less those at their call limit (unless 112...)."""
+        gateways = [self.config.gateway(name) for name in tenant.gateways]
+        return [
+            gw for gw in gateways
+            if emergency or not gw.max_calls or self._per_gateway[gw.name] < gw.max_calls
+        ]  # fmt: skip
 
     def _contacts(self, tenant: Tenant, extension: str) -> list[Target]:
         bindings = self.location.bindings(tenant.name, extension, self.clock())
@@ -297,9 +339,7 @@ class B2bua:
             on_event=self._on_event,
             dialogs=self.dialogs,
         )
-        self.active.add(call)
-        self.metrics.calls_active.set(len(self.active))
-        usage = self._usage[call] = placed.usage
+        self._count_in(call, placed.usage)
         # Who of the tenant is on each side (transfers ask; an outside party is nobody here).
         call.tenant = placed.tenant.name
         call.users = {
@@ -308,9 +348,6 @@ class B2bua:
                                     (Side.B, placed.callee, "outbound"))
             if placed.direction != ours
         }  # fmt: skip
-        self._per_tenant[usage.tenant] += 1
-        self._per_user.update((usage.tenant, user) for user in usage.users)
-        self._per_gateway.update(usage.gateways.keys())
         if self.recorder is not None:
             self.recorder.begin(
                 call, tenant=placed.tenant.name, caller=placed.caller, callee=placed.callee,
@@ -319,12 +356,108 @@ class B2bua:
         call.start(placed.targets, placed.callee_aor, placed.caller, failover=placed.failover)
         return None
 
+    def _count_in(self, call: Call | HandledCall, usage: Usage) -> None:
+        self.active.add(call)
+        self.metrics.calls_active.set(len(self.active))
+        self._usage[call] = usage
+        self._per_tenant[usage.tenant] += 1
+        self._per_user.update((usage.tenant, user) for user in usage.users)
+        self._per_gateway.update(usage.gateways.keys())
+
+    # -- calls the switch handles itself (switch.b2bua.control) -------------------------
+
+    def _start_handled(self, incoming: ServerRequest, handling: Handling) -> Response | None:
+        request, route = incoming.request, handling.route
+        if self.relay is None:
+            # config refuses routes without media.relay; this is a B2bua built without one
+            return request.response(503, "Handled numbers need the media relay", incoming.to_tag)
+        call = HandledCall(
+            self.endpoint,
+            incoming,
+            relay=self.relay,
+            switchboard=self,
+            dialogs=self.handled,
+            ring_timeout=self.config.calls.ring_timeout,
+        )
+        call.tenant, call.caller_user = route.tenant.name, handling.caller_user
+        self._count_in(call, handling.usage)
+        if self.recorder is not None:
+            self.recorder.begin(
+                call, tenant=route.tenant.name, caller=handling.caller, callee=route.number,
+                did=route.did, direction=handling.direction,
+            )  # fmt: skip
+        log.info("call handled by the switch", call_id=call.id, number=route.number,
+                 handler=route.route.handler)  # fmt: skip
+        call.start(handler_for(route.route), route.route.handler)
+        return None
+
+    def route(self, call: HandledCall, target: str) -> Dialling | DialFailure:
+        """Where a handled call's ``dial(target)`` goes: as if its tenant's phone dialled it."""
+        tenant = next((t for t in self.config.tenants if t.name == call.tenant), None)
+        if tenant is None:
+            return DialFailure(target, 404, "Tenant gone", Cause.UNALLOCATED_NUMBER)
+        dest = routing.dialled(tenant, target)
+        if isinstance(dest, Unroutable):
+            return DialFailure(target, dest.status, dest.reason, cause_of(dest.status))
+        if isinstance(dest, ToHandler):
+            return DialFailure(target, 403, "A handled number cannot be dialled",
+                               Cause.CALL_REJECTED)  # fmt: skip
+        if isinstance(dest, ToOutside):
+            return self._route_out(call, tenant, target, dest)
+        if self._user_full(tenant.name, dest.extension):
+            return DialFailure(target, 486, "Call limit reached for user", Cause.USER_BUSY)
+        return Dialling(
+            self._contacts(tenant, dest.extension),
+            f"sip:{dest.extension}@{tenant.domain}",
+            user=dest.extension,
+        )
+
+    def _route_out(
+        self, call: HandledCall, tenant: Tenant, target: str, dest: ToOutside
+    ) -> Dialling | DialFailure:
+        if not tenant.gateways:
+            return DialFailure(target, 403, "No route to outside numbers", Cause.CALL_REJECTED)
+        free = self._free_gateways(tenant, dest.emergency)
+        if not free:
+            return DialFailure(target, 503, "Gateway call limit reached", Cause.SWITCH_CONGESTION)
+        user = call.caller_user
+        caller_id = tenant.caller_id_of(user) if user else next(iter(tenant.numbers), None)
+        targets = [routing.gateway_target(gw, dest, caller_id, tenant.domain) for gw in free]
+        peers = {gw.name: t.peer for gw, t in zip(free, targets, strict=True)}
+        return Dialling(targets[:1], targets[0].uri, tuple(targets[1:]), gateways=peers)
+
+    def connected(self, call: HandledCall, dialling: Dialling, peer: Peer) -> None:
+        """A leg a handled call dialled answered: whom it reached counts in the limits."""
+        usage = self._usage.get(call)
+        if usage is None:
+            return
+        if dialling.user is not None and dialling.user not in usage.users:
+            usage.users = (*usage.users, dialling.user)
+            self._per_user[(usage.tenant, dialling.user)] += 1
+        for name, gateway_peer in dialling.gateways.items():
+            if gateway_peer == peer and name not in usage.gateways:
+                usage.gateways[name] = peer
+                self._per_gateway[name] += 1
+
+    def event(self, call: HandledCall, event: CCEvent) -> None:
+        self._on_event(call, event)
+
+    async def stop(self) -> None:
+        """Hang up the calls the switch handles (their handlers are cancelled)."""
+        calls = [call for call in self.active if isinstance(call, HandledCall)]
+        await asyncio.gather(*(call.stop() for call in calls), return_exceptions=True)
+
     def _over_limit(
-        self, request: Request, tenant: str, user: str, to_tag: str, user_status: int = 403
+        self,
+        request: Request,
+        tenant: str,
+        user: str | None,
+        to_tag: str,
+        user_status: int = 403,
     ) -> Response | None:
         """``user_status`` when the user is in too many calls, 486 when its tenant is."""
         limits = self.config.calls
-        if limits.max_per_user and self._per_user[(tenant, user)] >= limits.max_per_user:
+        if user is not None and self._user_full(tenant, user):
             scope, limit, status = "user", limits.max_per_user, user_status
         elif limits.max_per_tenant and self._per_tenant[tenant] >= limits.max_per_tenant:
             scope, limit, status = "tenant", limits.max_per_tenant, 486
@@ -333,6 +466,10 @@ class B2bua:
         log.warning("call limit reached", call_id=request.call_id, tenant=tenant, user=user,
                     scope=scope, limit=limit)  # fmt: skip
         return request.response(status, f"Call limit reached for {scope}", to_tag)
+
+    def _user_full(self, tenant: str, user: str) -> bool:
+        limit = self.config.calls.max_per_user
+        return bool(limit) and self._per_user[(tenant, user)] >= limit
 
     @staticmethod
     def relay_media(relay: Relay) -> MediaFactory:
@@ -353,6 +490,10 @@ class B2bua:
     def on_refer(self, incoming: ServerRequest) -> None:
         request = incoming.request
         dialog_id = uas_id(request)
+        if dialog_id is not None and dialog_id in self.handled:
+            response = request.response(501, "Transfer of handled calls", incoming.to_tag)
+            incoming.respond(response)
+            return
         call = self.dialogs.get(dialog_id) if dialog_id is not None else None
         side = call.side_of(dialog_id) if call is not None and dialog_id is not None else None
         if call is None or side is None or call.state is not CallState.CONNECTED:
@@ -442,10 +583,16 @@ class B2bua:
             return request.response(exc.status, exc.reason, to_tag)
         return None
 
+    def _owner(self, dialog_id: DialogId | None) -> Call | HandledCall | None:
+        """The call a dialog of ours belongs to."""
+        if dialog_id is None:
+            return None
+        return self.handled.get(dialog_id) or self.dialogs.get(dialog_id)
+
     def on_in_dialog(self, incoming: ServerRequest) -> None:
         request = incoming.request
         dialog_id = uas_id(request)
-        call = self.dialogs.get(dialog_id) if dialog_id is not None else None
+        call = self._owner(dialog_id)
         if call is None or dialog_id is None:
             incoming.respond(request.response(481, None, incoming.to_tag))  # §12.2.2
             return
@@ -454,7 +601,7 @@ class B2bua:
     def on_bye(self, incoming: ServerRequest) -> None:
         request = incoming.request
         dialog_id = uas_id(request)
-        call = self.dialogs.get(dialog_id) if dialog_id is not None else None
+        call = self._owner(dialog_id)
         if call is None or dialog_id is None:
             incoming.respond(request.response(481, None, incoming.to_tag))
             return
@@ -462,17 +609,17 @@ class B2bua:
 
     def on_ack(self, request: Request, peer: Peer) -> None:
         dialog_id = uas_id(request)
-        call = self.dialogs.get(dialog_id) if dialog_id is not None else None
+        call = self._owner(dialog_id)
         if call is not None and dialog_id is not None:
             call.on_ack(request, dialog_id)
 
     def on_stray_2xx(self, response: Response, peer: Peer) -> None:
         dialog_id = uac_id(response)
-        call = self.dialogs.get(dialog_id) if dialog_id is not None else None
+        call = self._owner(dialog_id)
         if call is not None and dialog_id is not None:
             call.on_2xx_again(response, dialog_id)
 
-    def _on_event(self, call: Call, event: CCEvent) -> None:
+    def _on_event(self, call: Call | HandledCall, event: CCEvent) -> None:
         fields = {name: getattr(event, name) for name in event.__slots__}
         fields = {k: v.value if isinstance(v, enum.Enum) else v for k, v in fields.items()}
         log.info(type(event).__name__, call_id=call.id, state=call.state.value, **fields)
@@ -489,7 +636,9 @@ class B2bua:
             self._per_user.subtract([(usage.tenant, event.replaced)])
             self._per_user.update([(usage.tenant, event.target)])
             self._per_user = +self._per_user
-        if isinstance(event, CCEventConnect) and usage is not None and len(usage.gateways) > 1:
+        through_gateways = usage is not None and len(usage.gateways) > 1
+        if isinstance(event, CCEventConnect) and isinstance(call, Call) and through_gateways:
+            assert usage is not None
             # Answered: the call now holds a place on the gateway it went through only.
             kept = {name: peer for name, peer in usage.gateways.items() if peer == call.b_peer}
             self._per_gateway.subtract(name for name in usage.gateways if name not in kept)

@@ -1,0 +1,410 @@
+"""The legs of a call the switch handles itself: one dialog with one phone each.
+
+A ``Leg`` is the switch's side of one SIP dialog (RFC 3261 §12) and of that
+phone's audio: a relay session (``media.relay``) with the phone on one side
+and, while the leg is not bridged, the switch's media endpoint
+(``media.endpoint``) on the other. ``InboundLeg`` is the caller's INVITE, which
+the switch answers as its UAS; ``OutboundLeg`` is a leg the switch dialled
+(``HandledCall.dial`` makes it once a phone answered).
+
+States (``LegState``)::
+
+    OFFERED ──ring──▶ RINGING ──answer──▶ ANSWERED ──hangup / BYE──▶ ENDED
+       │                 │                                            ▲
+       └──── hangup (final response) / CANCEL ────────────────────────┘
+
+An outbound leg starts ANSWERED. ``ring`` on a RINGING leg does nothing;
+``answer`` on an ANSWERED one, ``ring`` after the answer, or media on an
+unanswered or bridged leg raise ``WrongState``, and change nothing. ``hangup``
+on an ENDED leg does nothing (it often races the phone's own BYE). Anything
+asked of a leg that has ENDED raises ``HungUp`` (``CallerHungUp`` for the
+caller's), saying who ended it and why.
+
+``answer`` sends 200 with our SDP (``endpoint_sdp``), resends it until the ACK
+(§13.3.1.4; none within 64*T1 ends the leg) and returns at the ACK. An INVITE
+without SDP gets our offer in the 200 and its answer in the ACK (§13.2.1).
+``hangup`` sends BYE, or the final response the cause stands for when the leg
+was never answered, with ``Reason: Q.850;cause=N`` (RFC 3326).
+
+Not done here: re-INVITE and UPDATE on a handled leg (488: the session stays
+as it was, so a phone's hold does not reach the other party), DTMF by INFO
+(200, ignored), PRACK, and media: ``play``, ``collect`` and ``record`` go to
+the leg's media endpoint, whose minimal version raises NotImplementedError
+until the media engine (issue 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from media import LegStats, RelaySession
+from media import Side as MediaSide
+from media.endpoint import MediaEndpoint
+from media.stats import Addr
+from switch.b2bua.endpoint_sdp import Agreed, Format, read_answer
+from switch.b2bua.forks import ignore
+from switch.b2bua.q850 import Cause, parse_reason
+from switch.endpoint import ServerRequest, response_peer
+from switch.sip.dialog import Dialog
+from switch.sip.errors import ParseError
+from switch.sip.message import Request, Response
+from switch.sip.transaction import T2
+from switch.transport import Peer
+
+if TYPE_CHECKING:
+    from switch.b2bua.control import HandledCall
+
+log = structlog.get_logger()
+
+
+class LegState(enum.Enum):
+    OFFERED = "offered"
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """How a leg ended."""
+
+    by_phone: bool  # its phone hung up (BYE, CANCEL); False: the switch ended it
+    cause: Cause
+    status: int | None = None  # the final response of a leg that was never answered
+
+
+class CallControlError(Exception):
+    """An operation of call control that cannot be done (the base of the errors below)."""
+
+
+class WrongState(CallControlError):
+    """An operation the leg's state does not allow; nothing was changed."""
+
+    def __init__(self, leg: Leg, operation: str, why: str) -> None:
+        super().__init__(f"{operation}: {leg.name} {why}")
+        self.leg = leg
+        self.operation = operation
+
+
+class HungUp(CallControlError):
+    """A leg that an operation needs has ended (it hung up, or was hung up)."""
+
+    def __init__(self, leg: Leg, hangup: Hangup) -> None:
+        who = "hung up" if hangup.by_phone else "was hung up by the switch"
+        super().__init__(f"{leg.name} {who} ({hangup.cause.text})")
+        self.leg = leg
+        self.hangup = hangup
+
+
+class CallerHungUp(HungUp):
+    """The caller's leg ended: every operation of the call still awaited is interrupted."""
+
+
+class MediaMismatch(CallControlError):
+    """Two legs whose audio cannot be bridged without transcoding (the media engine's job)."""
+
+
+@dataclass(slots=True)
+class LegMedia:
+    """A leg's audio: its relay session, the side facing its phone, the switch's endpoint."""
+
+    session: RelaySession
+    side: MediaSide
+    endpoint: MediaEndpoint | None  # None while bridged: the other phone is there instead
+    agreed: Agreed | None  # None until the phone's SDP came (an INVITE without SDP)
+    # "out" counters of the sessions this leg left by being bridged (a join restarts them)
+    sent_before: tuple[int, int] = (0, 0)
+    final: LegStats | None = None  # frozen when the leg ended
+
+    def stats(self) -> LegStats:
+        if self.final is not None:
+            return self.final
+        now = self.session.stats()
+        leg = now.a if self.side is MediaSide.A else now.b
+        packets, octets = self.sent_before
+        return dataclasses.replace(
+            leg, packets_out=leg.packets_out + packets, bytes_out=leg.bytes_out + octets
+        )
+
+    @property
+    def codec(self) -> str | None:
+        return None if self.agreed is None else self.agreed.voice.name
+
+    def endpoint_address(self) -> Addr:
+        assert self.endpoint is not None
+        return self.endpoint.address
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+        self.session.close()
+
+    def point_at(self, agreed: Agreed) -> None:
+        """The phone receives where ``agreed`` says: tell the relay."""
+        self.agreed = agreed
+        self.session.set_remote(self.side, agreed.host, agreed.port, agreed.rtcp_port)
+        self.session.set_hold(self.side, agreed.held)
+
+
+class Leg:
+    """One phone's dialog with the switch; see the module docstring."""
+
+    def __init__(self, call: HandledCall, peer: Peer, name: str) -> None:
+        self.call = call
+        self.peer = peer
+        self.name = name  # for errors and logs: "the caller", "the leg to 102"
+        self.state = LegState.OFFERED
+        self.dialog: Dialog | None = None
+        self.media: LegMedia | None = None
+        self.partner: Leg | None = None  # the leg bridged with this one
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self._ended: asyncio.Future[Hangup] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.state.value}>"
+
+    @property
+    def ended(self) -> bool:
+        return self.state is LegState.ENDED
+
+    @property
+    def hangup_info(self) -> Hangup | None:
+        return self._ended.result() if self._ended.done() else None
+
+    @property
+    def codec(self) -> str | None:
+        return None if self.media is None else self.media.codec
+
+    async def wait_hangup(self) -> Hangup:
+        """Wait until this leg ends; how it ended."""
+        return await asyncio.shield(self._ended)
+
+    async def hangup(self, cause: Cause = Cause.NORMAL_CLEARING) -> None:
+        """End the leg with ``cause``: BYE (see the subclasses for unanswered legs)."""
+        if self.state is LegState.ANSWERED:
+            self._bye(cause)
+            self._end(Hangup(False, cause))
+
+    # -- media (the endpoint's; NotImplementedError until issue 4) -----------------------
+
+    async def play(self, prompt: str) -> None:
+        await self.call.guard(self._endpoint("play").play(prompt), self)
+
+    async def collect(self, max_digits: int, timeout: float, terminators: str = "#") -> str:
+        work = self._endpoint("collect").collect(max_digits, timeout, terminators)
+        return await self.call.guard(work, self)
+
+    async def record(self, path: str, max_seconds: float) -> float:
+        return await self.call.guard(self._endpoint("record").record(path, max_seconds), self)
+
+    def _endpoint(self, operation: str) -> MediaEndpoint:
+        self.check_alive()
+        if self.partner is not None:
+            raise WrongState(self, operation, f"is bridged with {self.partner.name}")
+        if self.state is not LegState.ANSWERED or self.media is None:
+            raise WrongState(self, operation, f"is {self.state.value}, not answered")
+        assert self.media.endpoint is not None  # an unbridged answered leg has one
+        return self.media.endpoint
+
+    def check_alive(self) -> None:
+        hangup = self.hangup_info
+        if hangup is not None:
+            raise self.call.hung_up(self, hangup)
+
+    # -- signalling --------------------------------------------------------------------
+
+    def _bye(self, cause: Cause) -> None:
+        if self.dialog is None:
+            return
+        bye = self.dialog.request("BYE")
+        bye.headers.add("Reason", cause.reason())
+        self.call.endpoint.send_request(bye, self.peer, ignore)
+
+    def _end(self, hangup: Hangup) -> None:
+        """The leg is over: say so to whoever waits, free its dialog and media."""
+        if self.state is LegState.ENDED:
+            return
+        self.state = LegState.ENDED
+        self.ended_at = time.time()
+        if self.dialog is not None:
+            self.dialog.terminate()
+            self.call.dialogs.pop(self.dialog.id, None)
+        if self.media is not None:
+            self.media.final = self.media.stats()
+            if self.media.endpoint is not None:
+                self.media.endpoint.close()
+                self.media.endpoint = None
+        self._ended.set_result(hangup)
+        log.info("leg ended", call_id=self.call.id, leg=self.name, by_phone=hangup.by_phone,
+                 cause=hangup.cause.value, status=hangup.status)  # fmt: skip
+        self.call.leg_ended(self, hangup)
+
+    def on_bye(self, incoming: ServerRequest) -> None:
+        request = incoming.request
+        status = self.dialog.receive_request(request) if self.dialog is not None else 481
+        incoming.respond(request.response(status or 200, None, incoming.to_tag))
+        if status is None:
+            cause = parse_reason(request.headers.get("Reason")) or Cause.NORMAL_CLEARING
+            self._end(Hangup(True, cause))
+
+    def on_request(self, incoming: ServerRequest) -> None:
+        """Other requests in the dialog: INFO is taken (and ignored), offers are refused."""
+        request = incoming.request
+        status = self.dialog.receive_request(request) if self.dialog is not None else 481
+        if status is None:
+            status = 200 if request.method == "INFO" else 488
+        incoming.respond(request.response(status, None, incoming.to_tag))
+
+    def on_ack(self, request: Request) -> None:
+        """An ACK for a 2xx of ours (the inbound leg's)."""
+
+    def on_2xx_again(self, response: Response) -> None:
+        """A retransmitted 2xx (an outbound leg's): our ACK was lost."""
+
+
+class InboundLeg(Leg):
+    """The caller's INVITE, answered by the switch (the UAS of §13.3)."""
+
+    def __init__(self, call: HandledCall, incoming: ServerRequest) -> None:
+        super().__init__(call, incoming.peer, "the caller")
+        self.incoming = incoming
+        self.request = incoming.request
+        self.final: Response | None = None  # our final response to the INVITE
+        self._offered: list[Format] = []  # late offer: what our 200 offered
+        self._ok: Response | None = None  # our 200, resent until the ACK
+        self._acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        incoming.on_cancel = self._on_cancel
+
+    async def ring(self) -> None:
+        """180 Ringing, once; nothing more on a ringing leg."""
+        self.check_alive()
+        if self.state is LegState.RINGING:
+            return
+        if self.state is not LegState.OFFERED:
+            raise WrongState(self, "ring", f"is {self.state.value}")
+        self.state = LegState.RINGING
+        self._respond(180, None)
+
+    def ring_if_offered(self) -> None:
+        """A leg dialled for this caller rings: so does the caller's phone (no early media)."""
+        if self.state is LegState.OFFERED:
+            self.state = LegState.RINGING
+            self._respond(180, None)
+
+    async def answer(self) -> None:
+        """200 with our SDP; returns once the caller's ACK came."""
+        self.check_alive()
+        if self.state not in (LegState.OFFERED, LegState.RINGING):
+            raise WrongState(self, "answer", f"is {self.state.value} already")
+        self.call.answer_caller(self)  # raises WrongState (and answers 488) for bad SDP
+        await self.call.guard(asyncio.shield(self._acked))
+
+    def send_ok(self, media: LegMedia, body: bytes, offered: list[Format]) -> None:
+        """Answer the INVITE with ``body`` (our SDP): the call's part of ``answer``."""
+        self.media, self._offered = media, offered
+        self.state = LegState.ANSWERED
+        self.answered_at = time.time()
+        ok = self._respond(200, "OK", body)
+        endpoint = self.call.endpoint
+        self.dialog = Dialog.uas(self.request, ok, endpoint.contact_for(self.peer))
+        self.call.dialogs[self.dialog.id] = self.call
+        self._ok = ok
+        self._resend_ok(endpoint.t1, 0.0)
+
+    async def hangup(self, cause: Cause = Cause.NORMAL_CLEARING) -> None:
+        """BYE once answered, else the final response ``cause`` stands for."""
+        if self.state in (LegState.OFFERED, LegState.RINGING):
+            self.refuse(cause.status(), None, cause)
+        else:
+            await super().hangup(cause)
+
+    def refuse(self, status: int, reason: str | None, cause: Cause) -> None:
+        """A final failure response to the INVITE, ending the leg."""
+        self._respond(status, reason, reason_header=cause.reason())
+        self._end(Hangup(False, cause, status))
+
+    def _respond(
+        self, status: int, reason: str | None, sdp: bytes = b"", reason_header: str | None = None
+    ) -> Response:
+        response = self.request.response(status, reason, self.incoming.to_tag)
+        if status < 300:
+            response.headers.add("Contact", self.call.endpoint.contact_for(self.peer))
+        if reason_header is not None:
+            response.headers.add("Reason", reason_header)
+        if sdp:
+            response.headers.add("Content-Type", "application/sdp")
+            response.body = sdp
+        if status >= 200:
+            self.final = response
+        self.incoming.respond(response)
+        return response
+
+    def _on_cancel(self, cancel: Request) -> None:
+        """The caller gave up before the answer (§9.2): 487, and the leg is over."""
+        if self.state not in (LegState.OFFERED, LegState.RINGING):
+            return
+        cause = parse_reason(cancel.headers.get("Reason")) or Cause.NORMAL_CLEARING
+        self._respond(487, None)
+        self.call.cancelled = True
+        self._end(Hangup(True, cause, 487))
+
+    def _resend_ok(self, interval: float, waited: float) -> None:
+        """Our 200 until the ACK (§13.3.1.4): every T1 doubling to T2 over UDP, 64*T1 in all."""
+        if self._acked.done() or self.state is not LegState.ANSWERED or self._ok is None:
+            return
+        t1 = self.call.endpoint.t1
+        if waited >= 64 * t1:
+            log.info("no ACK from the caller", call_id=self.call.id)
+            self._bye(Cause.RECOVERY_ON_TIMER_EXPIRY)
+            self._end(Hangup(False, Cause.RECOVERY_ON_TIMER_EXPIRY))
+            return
+        if waited and not self.peer.reliable:
+            destination = response_peer(self.request.top_via, self.peer)
+            self.call.endpoint.transports.send(bytes(self._ok), destination)
+        step = t1 if self.peer.reliable else interval  # a stream only waits, in T1 steps
+        loop = asyncio.get_running_loop()
+        loop.call_later(step, self._resend_ok, min(2 * interval, T2), waited + step)
+
+    def on_ack(self, request: Request) -> None:
+        if self._acked.done() or request.cseq.number != self.request.cseq.number:
+            return
+        if self._offered and self.media is not None:
+            # §13.2.1: our 200 carried the offer, the ACK carries the answer.
+            try:
+                self.media.point_at(read_answer(request.body, self._offered))
+            except ParseError as exc:
+                log.info("bad SDP in the caller's ACK", call_id=self.call.id, error=str(exc))
+                self._bye(Cause.INCOMPATIBLE_DESTINATION)
+                self._end(Hangup(False, Cause.INCOMPATIBLE_DESTINATION))
+                return
+        self._acked.set_result(None)
+
+
+class OutboundLeg(Leg):
+    """A leg the switch dialled, once a phone answered it (the UAC of §13.2)."""
+
+    def __init__(
+        self, call: HandledCall, peer: Peer, name: str, dialog: Dialog, media: LegMedia
+    ) -> None:
+        super().__init__(call, peer, name)
+        self.dialog, self.media = dialog, media
+        self.state = LegState.ANSWERED
+        self.answered_at = time.time()
+        self.target = name
+        self._ack: Request | None = None
+
+    def acked(self, ack: Request) -> None:
+        self._ack = ack
+
+    def on_2xx_again(self, response: Response) -> None:
+        if self._ack is not None and self.state is LegState.ANSWERED:
+            self.call.endpoint.transports.send(bytes(self._ack), self.peer)
