@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
@@ -43,8 +42,16 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from media.config import RelayConfig
 from switch.numbers import COUNTRIES, to_e164
-
-Loc = tuple[int | str, ...]
+from switch.yamlsource import (
+    ConfigError,
+    Loc,
+    Problem,
+    duplicate_keys,
+    inside,
+    locate,
+    read_yaml,
+    render,
+)
 
 # One error type for every check written here; "at" extends the error's location so a
 # check on a whole model can point at the exact key that is wrong.
@@ -594,65 +601,10 @@ class Config(_Section):
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: Path
-    line: int | None
-    where: str  # the key path, e.g. "tenants[0].users[1].extension"; "" for the whole file
-    message: str
-
-    def __str__(self) -> str:
-        place = f"{self.file}:{self.line}" if self.line is not None else str(self.file)
-        where = f"{self.where}: " if self.where else ""
-        return f"{place}: {where}{self.message}"
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__(problems)
-        self.problems = tuple(problems)
-
-    def __str__(self) -> str:
-        return "\n".join(str(problem) for problem in self.problems)
-
-
-_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int | str:
-    # YAML 1.1 reads 0101 as octal 65 and 1:30 as sexagesimal 90. An operator writing
-    # `extension: 0101` or `port: 05060` never means that, so such scalars stay text and the
-    # schema decides: the extension keeps its zero, the port still parses as 5060. A phone
-    # number in E.164 (+74951234567) keeps its '+' the same way.
-    assert isinstance(node, yaml.ScalarNode)
-    text = loader.construct_scalar(node)
-    return int(text) if _DECIMAL.fullmatch(text) else text
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
 def load_config(path: Path) -> Config:
     """Read and validate the daemon configuration; raise ConfigError listing every problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(path, None, "", f"cannot read: {exc}")]) from None
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_syntax_problem(path, exc)]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(path, None, "", f"YAML error: {exc}")]) from None
-    finally:
-        loader.dispose()
-    problems = _duplicate_keys(path, root, (), set()) if root is not None else []
+    root, data = read_yaml(path)
+    problems = duplicate_keys(path, root, (), set()) if root is not None else []
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -662,46 +614,11 @@ def load_config(path: Path) -> Config:
             _validation_problem(path, root, error)
             for error in errors
             if error["type"] != "too_short"
-            or not any(_inside(e["loc"], error["loc"]) for e in errors)
+            or not any(inside(e["loc"], error["loc"]) for e in errors)
         ]
     if problems:
         raise ConfigError(sorted(problems, key=lambda problem: problem.line or 0))
     return config
-
-
-def _inside(loc: Loc, outer: Loc) -> bool:
-    return len(loc) > len(outer) and loc[: len(outer)] == outer
-
-
-def _syntax_problem(path: Path, exc: yaml.MarkedYAMLError) -> Problem:
-    mark = exc.problem_mark or exc.context_mark
-    message = f"YAML syntax error: {exc.problem or exc.context}"
-    if exc.problem and exc.context and exc.context_mark:
-        message += f" ({exc.context} at line {exc.context_mark.line + 1})"
-    return Problem(path, mark.line + 1 if mark else None, "", message)
-
-
-def _duplicate_keys(path: Path, node: yaml.Node, loc: Loc, seen: set[int]) -> list[Problem]:
-    """PyYAML silently keeps the last of two equal keys; the operator meant one of them."""
-    if id(node) in seen:  # an alias revisits a node, possibly recursively
-        return []
-    seen.add(id(node))
-    problems: list[Problem] = []
-    if isinstance(node, yaml.MappingNode):
-        first_line: dict[tuple[str, str], int] = {}
-        for key, value in node.value:
-            # Keys are scalars here: a list or mapping key already failed to construct.
-            name, identity = key.value, (key.tag, key.value)
-            line = key.start_mark.line + 1
-            if identity in first_line:
-                message = f"duplicate key {name!r} (also at line {first_line[identity]})"
-                problems.append(Problem(path, line, _render(loc), message))
-            first_line.setdefault(identity, line)
-            problems += _duplicate_keys(path, value, (*loc, name), seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems += _duplicate_keys(path, item, (*loc, i), seen)
-    return problems
 
 
 _EXPECTED = {
@@ -741,52 +658,30 @@ def _without_tags(loc: Loc) -> Loc:
 def _validation_problem(path: Path, root: yaml.Node | None, error: ErrorDetails) -> Problem:
     ctx = error.get("ctx", {})
     loc: Loc = _without_tags((*error["loc"], *ctx.get("at", ())))
-    line, node = _locate(root, loc)
+    line, node = locate(root, loc)
     kind = error["type"]
     if kind == "missing":
-        return Problem(path, line, _render(loc[:-1]), f"missing required key {loc[-1]!r}")
+        return Problem(path, line, render(loc[:-1]), f"missing required key {loc[-1]!r}")
     if kind == "extra_forbidden":
         allowed = _keys_at(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         message = f"unknown key {loc[-1]!r} ({hint}expected one of: {', '.join(allowed)})"
-        return Problem(path, line, _render(loc[:-1]), message)
+        return Problem(path, line, render(loc[:-1]), message)
     if kind == _ERROR_TYPE:
-        return Problem(path, line, _render(loc), str(ctx["message"]))
+        return Problem(path, line, render(loc), str(ctx["message"]))
     if kind == "union_tag_invalid":  # e.g. a route's handler: name the key and the choices
         key = str(ctx["discriminator"]).strip("'")
-        line, _ = _locate(root, (*loc, key))
+        line, _ = locate(root, (*loc, key))
         message = f"unknown {key} {ctx['tag']!r} (expected one of {ctx['expected_tags']})"
-        return Problem(path, line, _render((*loc, key)), message)
+        return Problem(path, line, render((*loc, key)), message)
     if kind not in _EXPECTED:
-        return Problem(path, line, _render(loc), error["msg"])
+        return Problem(path, line, render(loc), error["msg"])
     got = repr(node.value) if isinstance(node, yaml.ScalarNode) else _show(error["input"])
     expected = _EXPECTED[kind].format(**ctx)
     if kind == "string_type" and isinstance(node, yaml.ScalarNode) and node.style is None:
         expected += f'; YAML reads {node.value} as another type, so write "{node.value}"'
-    return Problem(path, line, _render(loc), f"got {got} (expected {expected})")
-
-
-def _locate(root: yaml.Node | None, loc: Loc) -> tuple[int, yaml.Node | None]:
-    """The line of the deepest key or item on loc, and the node at loc if it is there."""
-    if root is None:
-        return 1, None
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            found = [(k, v) for k, v in node.value if getattr(k, "value", None) == part]
-            if not found:
-                return line, None
-            key, node = found[-1]  # the last one is what PyYAML kept
-            line = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return line, None
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line, None
-    return line, node
+    return Problem(path, line, render(loc), f"got {got} (expected {expected})")
 
 
 def _keys_at(loc: Loc) -> list[str]:
@@ -800,11 +695,6 @@ def _keys_at(loc: Loc) -> list[str]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return list(annotation.model_fields)
     return []
-
-
-def _render(loc: Loc) -> str:
-    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-    return text.removeprefix(".")
 
 
 def _show(value: Any) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from media import MediaTimeout, PortsExhausted, Relay, RelaySession, Side
 from media.stats import Addr
-from tests.media.conftest import MakeRelay, Phone, rtcp_rr, rtp
+from tests.media.conftest import MakeRelay, Phone, port_range, rtcp_rr, rtp
 
 Phones = Callable[[], Phone]
 
@@ -273,9 +273,10 @@ async def test_leg_that_never_sent_gets_the_silent_timeout(
 
 
 async def test_exhausted_ports_give_a_clear_error(make_relay: MakeRelay) -> None:
-    relay = make_relay(port_min=25000, port_max=25003)  # two pairs: one call
+    ports = port_range(pairs=2)  # one call
+    relay = make_relay(**ports)
     relay.allocate("call-1")
-    with pytest.raises(PortsExhausted, match="25000-25003 exhausted"):
+    with pytest.raises(PortsExhausted, match=f"{ports['port_min']}-{ports['port_max']} exhausted"):
         relay.allocate("call-2")
     assert relay.totals().allocation_failures == 1
     assert relay.totals().sessions == 1
@@ -284,7 +285,7 @@ async def test_exhausted_ports_give_a_clear_error(make_relay: MakeRelay) -> None
 async def test_closed_ports_rest_before_another_call_gets_them(
     make_relay: MakeRelay, phones: Phones
 ) -> None:
-    relay = make_relay(port_min=25100, port_max=25107, quarantine=0.3)  # four pairs
+    relay = make_relay(**port_range(pairs=4), quarantine=0.3)
     first = relay.allocate("call-1")
     old = {first.local(side).rtp_port for side in Side}
     final = first.close()
