@@ -9,6 +9,11 @@ per-generation totals and the time of every full collection in the JSON file nam
 SOFTSWITCH_GC_PROBE (rewritten at most once a second, and after each full collection);
 bench/sipp_steps.py reads it around each step. Its own cost is two clock reads per
 collection. It changes nothing else: no thresholds, no freeze.
+
+With SOFTSWITCH_GC_TYPES=N as well, after each full collection (outside the timed window) it
+also records the N most common types among the objects the collector tracks, and their total,
+under "types" in the same file: what full collections spend their time walking. Counting walks
+the whole heap, so leave it off when measuring pauses or CPU.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 
 _PATH = os.environ.get("SOFTSWITCH_GC_PROBE", "")
+_TYPES = int(os.environ.get("SOFTSWITCH_GC_TYPES", "0") or 0)
 _totals = {str(g): {"count": 0, "seconds": 0.0, "max": 0.0} for g in range(3)}
 _full: list[tuple[float, float, int]] = []  # (wall time at end, seconds, objects collected)
 _started = 0.0
 _written = 0.0
+_types: list[tuple[float, int, list[tuple[str, int]]]] = []  # (wall time, tracked, top types)
 
 
 def _write(now: float) -> None:
@@ -31,7 +39,7 @@ def _write(now: float) -> None:
     _written = now
     tmp = _PATH + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"totals": _totals, "full": _full}, f)
+        json.dump({"totals": _totals, "full": _full, "types": _types}, f)
     os.replace(tmp, _PATH)
 
 
@@ -49,8 +57,17 @@ def _callback(phase: str, info: dict[str, int]) -> None:
     now = time.time()
     if generation == 2:
         _full.append((now, took, info["collected"]))
+        if _TYPES:
+            _types.append((now, *_census(_TYPES)))
     if generation == 2 or now - _written >= 1.0:
         _write(now)
+
+
+def _census(top: int) -> tuple[int, list[tuple[str, int]]]:
+    """How many objects the collector tracks (frozen ones left out), and the commonest types."""
+    objects = gc.get_objects()
+    counts = Counter(type(o).__qualname__ for o in objects)
+    return len(objects), counts.most_common(top)
 
 
 def main() -> int:

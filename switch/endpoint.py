@@ -430,6 +430,15 @@ class SipEndpoint:
         ):
             self._forget(txn)
             return
+        if isinstance(txn, ServerTransaction) and txn.state not in (State.TRYING, State.PROCEEDING):
+            # Answered: a CANCEL has nothing left to cancel (``_cancel``), and the core
+            # keeps its own ServerRequest for 2xx retransmissions. Forgetting ours and
+            # its ``on_cancel`` breaks the cycle core -> ServerRequest -> bound method ->
+            # core (a B2BUA call), so an ended call is freed by reference counting rather
+            # than by a full garbage collection, and not kept for the INVITE's Timer L.
+            server_request = self._server_requests.pop(txn, None)
+            if server_request is not None:
+                server_request.on_cancel = None
         when = txn.next_timer()
         if when is not None:
             loop = asyncio.get_running_loop()

@@ -624,6 +624,7 @@ class Call:
         for unacked in list(self.unacked.values()):
             unacked.acked()
         self.media.close()
+        self.leg_b.release()  # its callbacks are bound to this call: a cycle otherwise
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

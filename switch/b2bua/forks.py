@@ -131,6 +131,14 @@ class Forks:
             if fork.final is None and fork.txn is not None:
                 self.endpoint.cancel(fork.txn, reason)
 
+    def release(self) -> None:
+        """The owner is done with these forks: no callback follows, and the owner's
+        bound methods are let go so the owner is freed by reference counting (its
+        forks' client transactions live on for Timer M)."""
+        self._stop_timer()
+        self.done = True
+        self.on_ring, self.on_answer, self.on_fail = _ignore_ring, _ignore_answer, _ignore_fail
+
     def _on_response(self, fork: Fork, response: Response) -> None:
         status = response.status
         if status < 200:
@@ -175,6 +183,18 @@ class Forks:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _ignore_ring(response: Response) -> None:
+    """A released Forks' on_ring."""
+
+
+def _ignore_answer(fork: Fork, dialog: Dialog, response: Response) -> None:
+    """A released Forks' on_answer."""
+
+
+def _ignore_fail(status: int, reason: str) -> None:
+    """A released Forks' on_fail."""
 
 
 def best_failure(statuses: list[int]) -> int:
