@@ -25,7 +25,7 @@ from pathlib import Path
 
 import media_relay_load as load
 from media_relay_load import Point
-from media_relay_targets import Echo, Rtpengine, Softswitch, Target
+from media_relay_targets import Echo, Floor, Rtpengine, Softswitch, Target
 
 LATENCY_CALLS = 500  # the latency target is stated at 500 calls
 LOSS_LIMIT = 0.001
@@ -174,7 +174,11 @@ def _print_profile(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short steps (~1 minute)")
-    parser.add_argument("--relays", default="softswitch,rtpengine")
+    parser.add_argument(
+        "--relays",
+        default="softswitch,rtpengine,floor",
+        help="relays to measure, in order (softswitch, rtpengine, floor)",
+    )
     parser.add_argument("--duration", type=float, help="seconds of the figures (default 20)")
     parser.add_argument("--step", type=float, help="seconds per search step (default 4)")
     parser.add_argument("--refine", type=int, help="bisection steps (default 3)")
@@ -215,13 +219,15 @@ def main() -> None:
     for name in args.relays.split(","):
         if name == "softswitch":
             target: Target = Softswitch(relay_core, args.verbose)
+        elif name == "floor":
+            target = Floor(relay_core, args.verbose)
         elif name == "rtpengine":
             if not Rtpengine.available():
                 print("\nrtpengine: not installed (apt-get install rtpengine-daemon); skipped")
                 continue
             target = Rtpengine(relay_core, args.verbose)
         else:
-            raise SystemExit(f"unknown relay {name!r} (softswitch, rtpengine)")
+            raise SystemExit(f"unknown relay {name!r} (softswitch, rtpengine, floor)")
         results.append(bench.relay(target, direct500))
 
     print("\nsummary")
@@ -262,6 +268,13 @@ def main() -> None:
             f"  softswitch / rtpengine: {ours.calls / theirs.calls:.2f}x calls at < 0.1 % loss "
             f"(target >= 1.3x); CPU per packet "
             f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(theirs):.1f} us"
+        )
+    if "softswitch" in figures and "floor" in figures:
+        ours, floor = figures["softswitch"], figures["floor"]
+        print(
+            f"  softswitch / floor: {ours.calls / floor.calls:.2f}x calls; CPU per packet "
+            f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(floor):.1f} us (the floor is one "
+            f"recv and one send per packet from Python, nothing else)"
         )
     print(f"\n({time.monotonic() - started:.0f} s) reproduce: cd {Path.cwd()} && {_command()}")
 
