@@ -3,11 +3,12 @@
 Offers N bidirectional G.711 calls (50 packets/s each way, 172-byte RTP packets) through a
 relay and finds the largest N it carries with < 0.1 % packet loss; reports packets/s, the
 relay's CPU, and the latency it adds. The same load runs through rtpengine (userspace, one
-worker thread, driven over its ng control protocol) in the same run, and the generator's own
-ceiling (generator -> echo -> generator, no relay) is shown beside them. README.md, section
-"media_relay.py", explains the method and the columns.
+worker thread, driven over its ng control protocol) in the same run, and so does the "floor"
+relay (one recv and one send per packet from Python and nothing else: the ceiling of our
+relay's design); the generator's own ceiling (generator -> echo -> generator, no relay) is
+shown beside them. README.md, section "media_relay.py", explains the method and the columns.
 
-    python bench/media_relay.py            # about 5 minutes
+    python bench/media_relay.py            # about 8 minutes on an idle machine
     python bench/media_relay.py --quick    # about 1 minute, short steps: not the final figure
 """
 
