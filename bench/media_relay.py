@@ -263,20 +263,17 @@ def main() -> None:
             f"    at {LATENCY_CALLS} calls: latency added over the direct path p50 "
             f"{added[0] / 1000:.3f} ms, p99 {added[1] / 1000:.3f} ms; CPU {at500.relay_cpu:.0f}%"
         )
-    if "softswitch" in figures and "rtpengine" in figures:
-        ours, theirs = figures["softswitch"], figures["rtpengine"]
-        print(
-            f"  softswitch / rtpengine: {ours.calls / theirs.calls:.2f}x calls at < 0.1 % loss "
-            f"(target >= 1.3x); CPU per packet "
-            f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(theirs):.1f} us"
-        )
-    if "softswitch" in figures and "floor" in figures:
-        ours, floor = figures["softswitch"], figures["floor"]
-        print(
-            f"  softswitch / floor: {ours.calls / floor.calls:.2f}x calls; CPU per packet "
-            f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(floor):.1f} us (the floor is one "
-            f"recv and one send per packet from Python, nothing else)"
-        )
+    for other, note in (
+        ("rtpengine", "(target >= 1.3x)"),
+        ("floor", "(the floor: one recv and one send per packet from Python, nothing else)"),
+    ):
+        if "softswitch" in figures and other in figures:
+            ours, theirs = figures["softswitch"], figures[other]
+            print(
+                f"  softswitch / {other}: {ours.calls / theirs.calls:.2f}x calls at < 0.1 % loss "
+                f"{note}; CPU per packet "
+                f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(theirs):.1f} us"
+            )
     print(f"\n({time.monotonic() - started:.0f} s) reproduce: cd {Path.cwd()} && {_command()}")
 
 
