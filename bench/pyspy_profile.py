@@ -42,8 +42,10 @@ AREAS = [
 ]
 
 
-def profile_step(server: Server, sipp: Sipp, rate: int, args: argparse.Namespace) -> str:
-    """One more step at `rate` with py-spy sampling the daemon; returns a text summary."""
+def profile_step(
+    server: Server, sipp: Sipp, rate: int, args: argparse.Namespace, unit: str = "REGISTER/s"
+) -> str:
+    """One more step at `rate` (`unit`) with py-spy sampling the daemon; returns a summary."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         return "py-spy not found (pip install py-spy); no profile"
@@ -77,7 +79,7 @@ def profile_step(server: Server, sipp: Sipp, rate: int, args: argparse.Namespace
         spy.wait(timeout=seconds + 30)
     sipp.procs.stop(spy)
     lines = [
-        f"py-spy profile of softswitch at {rate} REGISTER/s for {seconds} s "
+        f"py-spy profile of {server.key} at {rate} {unit} for {seconds} s "
         f"(achieved {step.rate:.0f}/s, server {step.server_pct:.0f}% CPU; "
         f"{'pass' if step.passed else 'FAIL: ' + str(step.problem)}), 200 samples/s, "
         f"idle time not sampled. Collapsed stacks: {raw}",

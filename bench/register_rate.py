@@ -26,13 +26,10 @@ pass/fail rule, rate search), pyspy_profile.py (--profile).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -42,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procstat import BUSY_OTHER_PERCENT, wait_quiet
 from pyspy_profile import profile_step
+from report import StepTable, busy_warning, machine, ms, out, tail, wrap
 from servers import (
     DOMAIN,
     HOST,
@@ -59,7 +57,6 @@ from sipp_steps import (
     PASS_RATE_FRACTION,
     Result,
     Sipp,
-    Step,
     search,
     sipp_version,
 )
@@ -68,91 +65,7 @@ SCENARIO = ROOT / "bench" / "scenarios" / "register.xml"
 REQUESTS_PER_CALL = 2  # a registration: REGISTER -> 401, REGISTER with Authorization -> 200
 
 
-def out(text: str = "") -> None:
-    print(text, flush=True)
-
-
-# -- the step table ----------------------------------------------------------------------------
-
-
-ROW = (
-    "  "
-    + " ".join(f"{{:>{width}}}" for width in (8, 8, 9, 6, 6, 7, 6, 5, 6, 7, 7, 5, 5, 4, 5))
-    + "  {}"
-)
-
-
-def print_step_header() -> None:
-    out(
-        ROW.format(
-            "target/s",
-            "REG/s",
-            "SIP req/s",
-            "ok",
-            "failed",
-            "retrans",
-            "reg ms",
-            "p99",
-            "worst",
-            "srv CPU",
-            "ms CPU/",
-            "sipp",
-            "other",
-            "GC",
-            "GC",
-            "verdict",
-        )
-    )
-    out(
-        ROW.format(
-            "",
-            "(auth'd)",
-            "(2x)",
-            "",
-            "",
-            "",
-            "mean",
-            "ms",
-            "ms",
-            "% core",
-            "REG",
-            "CPU%",
-            "CPU%",
-            "%",
-            "max",
-            "",
-        )
-    )
-
-
-def print_step(step: Step, verdict: str | None = None) -> None:
-    if verdict is None:
-        verdict = "pass" if step.passed else f"FAIL: {step.problem}"
-    out(
-        ROW.format(
-            step.target,
-            f"{step.rate:.0f}",
-            f"{REQUESTS_PER_CALL * step.rate:.0f}",
-            step.ok,
-            step.failed,
-            step.retrans,
-            _ms(step.response_ms),
-            step.p99,
-            step.worst,
-            f"{step.server_pct:.0f}",
-            f"{step.cpu_ms_per_reg:.3f}",
-            f"{step.sipp_pct:.0f}",
-            f"{step.other_pct:.0f}",
-            step.gc_pct,
-            step.gc_max_ms,
-            verdict,
-        )
-    )
-
-
-def _ms(value: float) -> str:
-    # sipp measures in whole milliseconds: a mean of 0 means under a millisecond.
-    return "<1" if value < 1 else f"{value:.0f}"
+TABLE = StepTable("REG", ("REG/s", "(auth'd)"), "reg", REQUESTS_PER_CALL)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -301,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_preamble(args: argparse.Namespace) -> None:
     out("REGISTER rate with digest auth: softswitch vs Kamailio, same sipp scenario, same run")
-    out(
-        f"  machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), "
-        f"Linux {platform.release()}"
-    )
+    out(machine())
     out(
         f"  load: {sipp_version(args.sipp)} over UDP on {HOST}, one socket (-t u1), "
         f"scenario {SCENARIO.relative_to(ROOT)}: REGISTER -> 401 -> REGISTER+auth -> 200"
@@ -357,8 +267,8 @@ def bench_server(
         out(tail(server.log))
         procs.stop(server.proc)
         return None
-    print_step_header()
-    result = search(server, sipp, args, print_step)
+    TABLE.header()
+    result = search(server, sipp, args, TABLE.line)
     if args.profile and key == "softswitch" and server.alive():
         best = result.best.target if result.best else args.start_rate
         result.profile = profile_step(server, sipp, best, args)
@@ -385,9 +295,9 @@ def summary(results: list[Result], skipped: list[str], args: argparse.Namespace)
                     f"{b.rate:.0f}",
                     f"{REQUESTS_PER_CALL * b.rate:.0f}",
                     f"{b.server_pct:.0f}",
-                    f"{b.cpu_ms_per_reg:.3f}",
+                    f"{b.cpu_ms_per_call:.3f}",
                     f"{b.sipp_pct:.0f}",
-                    _ms(b.response_ms),
+                    ms(b.response_ms),
                     b.p99,
                 )
             )
@@ -421,30 +331,23 @@ def summary(results: list[Result], skipped: list[str], args: argparse.Namespace)
                 out(f"  vs {r.server.key}: no passing step, no ratio")
                 continue
             rate_ratio = ours.best.rate / r.best.rate
-            cpu_ratio = ours.best.cpu_ms_per_reg / r.best.cpu_ms_per_reg
+            cpu_ratio = ours.best.cpu_ms_per_call / r.best.cpu_ms_per_call
             out(f"  vs {r.server.title}:")
             out(
                 f"     rate {ours.best.rate:.0f} / {r.best.rate:.0f} REG/s = {rate_ratio:.3f}"
                 f"  (1 : {1 / rate_ratio:.1f})"
             )
             out(
-                f"     CPU per registration {ours.best.cpu_ms_per_reg:.3f} / "
-                f"{r.best.cpu_ms_per_reg:.3f} ms = {cpu_ratio:.1f}x"
+                f"     CPU per registration {ours.best.cpu_ms_per_call:.3f} / "
+                f"{r.best.cpu_ms_per_call:.3f} ms = {cpu_ratio:.1f}x"
             )
             if r.first_fail and r.first_fail.sipp_pct >= 90:
                 out(
                     "     the reference was limited by sipp: its own limit is higher, so the rate "
                     "ratio flatters softswitch"
                 )
-    counted = [s for r in results for s in r.steps]
-    busy = [s for s in counted if s.other_pct >= BUSY_OTHER_PERCENT]
-    if busy:
-        out()
-        out(
-            f"  ** {len(busy)} of {len(counted)} steps ran while other work on the machine used "
-            f">= {BUSY_OTHER_PERCENT:.0f}% of a core (column 'other'): those figures are "
-            "perturbed; rerun on a quiet machine (--wait-quiet 300) **"
-        )
+    for line in busy_warning([s for r in results for s in r.steps]):
+        out(line)
     out()
     out("== Caveats")
     caveats = [
@@ -471,29 +374,7 @@ def summary(results: list[Result], skipped: list[str], args: argparse.Namespace)
         "faster than shown.",
     ]
     for caveat in caveats:
-        out(_wrap(caveat))
-
-
-def _wrap(text: str, width: int = 100) -> str:
-    return textwrap.fill(text, width, initial_indent="  * ", subsequent_indent="    ")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "   (no log)"
-    return "\n".join("   | " + line for line in text[-lines:])
+        out(wrap(caveat))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import re
@@ -56,8 +57,14 @@ class Processes:
         self.running: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, argv: list[str], log: Path, env: dict[str, str] | None = None
+        self,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cpus: set[int] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Start `argv` with its output in `log`; `cpus`: the only cores it (and all its
+        threads and children) may run on, like `taskset -c`."""
         with log.open("wb") as sink:
             proc = subprocess.Popen(
                 argv,
@@ -67,6 +74,7 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env=None if env is None else {**os.environ, **env},
+                preexec_fn=None if cpus is None else functools.partial(_pin, cpus),
             )
         self.running.append(proc)
         return proc
@@ -101,6 +109,22 @@ class Processes:
         # The group this bench created for it (start_new_session): the server and its workers.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
+
+
+def _pin(cpus: set[int]) -> None:
+    os.sched_setaffinity(0, cpus)
+
+
+def split_cores(server_core: int | None) -> tuple[set[int] | None, set[int] | None]:
+    """(the server's core, the load generator's cores): the server alone on one core (the last
+    by default), sipp on the others; (None, None) on a one-core machine."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    core = cores[-1] if server_core is None else server_core
+    if core not in cores:
+        raise SystemExit(f"--server-core {core}: not one of this process's cores {cores}")
+    return {core}, set(cores) - {core}
 
 
 def exit_on_signals() -> None:
@@ -191,15 +215,32 @@ def unavailable(key: str, args: argparse.Namespace) -> str | None:
 
 def start_server(key: str, args: argparse.Namespace, work: Path, procs: Processes) -> Server:
     if key == "softswitch":
-        return start_softswitch(args, work, procs)
+        server = start_softswitch(args, work, procs)
+        server.notes.append(
+            "bindings: SQLite (WAL, synchronous=NORMAL), group commit before each 200 OK; "
+            "server transaction per REGISTER"
+        )
+        return server
     return start_kamailio(key, args, work, procs)
 
 
-def start_softswitch(args: argparse.Namespace, work: Path, procs: Processes) -> Server:
+def start_softswitch(
+    args: argparse.Namespace,
+    work: Path,
+    procs: Processes,
+    *,
+    key: str = "softswitch",
+    title: str | None = None,
+    users: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    cpus: set[int] | None = None,
+) -> Server:
+    """softswitch with the bench config (its users all with --password); `overrides` replace
+    whole top-level sections of it (e.g. ``{"media": {"relay": False}}``)."""
     import yaml  # a dependency of the softswitch itself
 
     port, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
-    store = work / "softswitch.db"
+    store = work / f"{key}.db"
     config = {
         "sip": {"listen": [{"transport": "udp", "address": HOST, "port": port}]},
         "security": {
@@ -213,39 +254,45 @@ def start_softswitch(args: argparse.Namespace, work: Path, procs: Processes) -> 
             {
                 "name": "bench",
                 "domain": DOMAIN,
-                "users": [{"extension": u, "password": args.password} for u in args.user_list],
+                "users": [
+                    {"extension": u, "password": args.password}
+                    for u in (args.user_list if users is None else users)
+                ],
             }
         ],
+        **(overrides or {}),
     }
-    path = work / "softswitch.yaml"
+    path = work / f"{key}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = work / "softswitch.log"
-    gc_file = work / "softswitch-gc.json" if args.gc_probe else None
+    log = work / f"{key}.log"
+    gc_file = work / f"{key}-gc.json" if args.gc_probe else None
     if gc_file is None:
         argv = [sys.executable, "-m", "switch.cli", "run", "-c", str(path)]
-        proc = procs.start(argv, log)
+        proc = procs.start(argv, log, cpus=cpus)
     else:
         argv = [sys.executable, str(GC_PROBE), "run", "-c", str(path)]
         env = {"SOFTSWITCH_GC_PROBE": str(gc_file), "PYTHONPATH": str(ROOT)}
-        proc = procs.start(argv, log, env)
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
+        proc = procs.start(argv, log, env, cpus=cpus)
     notes = [
-        f"python {platform.python_version()}, {loop}, one process; "
-        f"log.level={args.log_level} (JSON lines to a file)",
-        "bindings: SQLite (WAL, synchronous=NORMAL), group commit before each 200 OK; "
-        "server transaction per REGISTER",
+        f"python {platform.python_version()}, {event_loop()}, one process"
+        + (f" pinned to core {min(cpus)}" if cpus else "")
+        + f"; log.level={args.log_level} (JSON lines to a file)",
     ]
     if gc_file is not None:
         notes.append(
             "started through bench/softswitch_gc_probe.py: a gc.callbacks timer, nothing else "
             "changed (--no-gc-probe to run switch.cli bare)"
         )
-    return Server("softswitch", SERVERS["softswitch"], port, proc, log, notes, argv, gc_file)
+    title = title or SERVERS["softswitch"]
+    return Server(key, title, port, proc, log, notes, argv, gc_file)
+
+
+def event_loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 def kamailio_sqlite_db(path: Path) -> None:
@@ -314,3 +361,80 @@ def kamailio_version(binary: str) -> str:
         return "kamailio (version unknown)"
     match = re.search(r"version: (kamailio [^ ]+)", text)
     return match.group(1) if match else "kamailio"
+
+
+# -- sippy's B2BUA -----------------------------------------------------------------------------
+
+
+SIPPY_PIP = "pip install sippy==2.5.0"
+
+
+def sippy_missing(python: str) -> str | None:
+    """Why `python` cannot run sippy's B2BUA; None when it can."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sippy.b2bua"], capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        return f"{python}: {exc}"
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return (
+            f"sippy is not importable by {python} ({last}); {SIPPY_PIP} into it, or give "
+            "--sippy-python /path/to/a/venv/bin/python that has it"
+        )
+    return None
+
+
+def sippy_version(python: str) -> str:
+    code = "import importlib.metadata as m; print(m.version('sippy'))"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    return f"sippy {done.stdout.strip() or '(version unknown)'}"
+
+
+def start_sippy(
+    args: argparse.Namespace, work: Path, procs: Processes, uas_port: int, cpus: set[int] | None
+) -> Server:
+    """sippy's B2BUA (`python -m sippy.b2bua`, the `b2bua` script) in the foreground, every
+    call routed to the UAS at `uas_port`, no RADIUS authentication or accounting."""
+    port = free_port(socket.SOCK_DGRAM)
+    argv = [
+        args.sippy_python,
+        "-m",
+        "sippy.b2bua",
+        "-f",  # foreground: no daemonising, no pid file
+        "-l",
+        HOST,
+        "-p",
+        str(port),
+        "--auth_enable=off",
+        "--acct_enable=off",
+        f"--static_route={HOST}:{uas_port}",
+        "-c",
+        str(work / "sippy-b2bua.sock"),  # its command socket
+    ]
+    # sippy logs every SIP message at its default level; SIPLOG_BEND=none turns that off
+    # (--sippy-log keeps it, written to a file by its own logger thread).
+    logged = args.sippy_log
+    env = (
+        {"SIPLOG_BEND": "file", "SIPLOG_LOGFILE_FILE": str(work / "sippy-sip.log")}
+        if logged
+        else {"SIPLOG_BEND": "none"}
+    )
+    log = work / "sippy.log"
+    proc = procs.start(argv, log, env, cpus=cpus)
+    notes = [
+        f"{sippy_version(args.sippy_python)} on python "
+        f"{python_version(args.sippy_python)}, its own event loop and sender threads, "
+        + (f"pinned to core {min(cpus)}" if cpus else "not pinned"),
+        "--auth_enable=off --acct_enable=off --static_route=<the UAS>: no RADIUS, every INVITE "
+        "to the one callee; no media relay (SDP end to end); "
+        + ("logs every SIP message to a file" if logged else "SIP log off (SIPLOG_BEND=none)"),
+    ]
+    return Server("sippy", "sippy B2BUA (PyPI sippy)", port, proc, log, notes, argv)
+
+
+def python_version(python: str) -> str:
+    code = "import platform; print(platform.python_version())"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "?"

@@ -52,6 +52,7 @@ class Step:
     failed: int = 0
     retrans: int = 0
     elapsed: float = 0.0
+    hold: float = 0.0  # seconds each call spends in the scenario's pauses (talk time)
     response_ms: float = 0.0
     p99: str = "-"  # registration time bucket holding the 99th percentile, e.g. "<50"
     worst: str = "-"  # bucket of the slowest registration
@@ -70,7 +71,10 @@ class Step:
 
     @property
     def rate(self) -> float:
-        return self.ok / self.elapsed if self.elapsed else 0.0
+        # The last call started `hold` seconds before it could end: not time the server was
+        # slow, so not counted against its rate.
+        span = self.elapsed - self.hold
+        return self.ok / span if span > 0 else 0.0
 
     @property
     def server_pct(self) -> float:
@@ -101,7 +105,8 @@ class Step:
         return f"{1000.0 * self.gc_max:.0f}" if self.gc_full else "none"
 
     @property
-    def cpu_ms_per_reg(self) -> float:
+    def cpu_ms_per_call(self) -> float:
+        """Server CPU milliseconds per completed sipp call (a registration, a phone call)."""
         return 1000.0 * self.server_cpu / self.ok if self.ok else float("nan")
 
 
@@ -126,7 +131,7 @@ def read_sipp_stats(path: Path) -> dict[str, str]:
     return dict(zip(rows[0], rows[-1], strict=False))
 
 
-def _count(stats: dict[str, str], column: str) -> int:
+def stat_count(stats: dict[str, str], column: str) -> int:
     return int(stats.get(column, 0) or 0)
 
 
@@ -207,8 +212,12 @@ def judge(step: Step, requests_per_call: int, killed: bool, created: int, rc: in
 
 class Sipp:
     """sipp driving `scenario` (`requests_per_call` requests each) from one UDP socket and port,
-    cycling in order through an injection file of the users:
-    USER;DOMAIN;[authentication username=USER password=PASS]."""
+    cycling in order through an injection file of `users` (default: the bench's --users):
+    USER;DOMAIN;[authentication username=USER password=PASS].
+
+    `extra` is added to every command line (e.g. ``-key callee 200000``); `helpers` are
+    long-running processes of the load generator (a sipp UAS) whose CPU counts as sipp's;
+    `checks` see each finished step and may fail it (a problem the UAS saw)."""
 
     def __init__(
         self,
@@ -217,24 +226,35 @@ class Sipp:
         procs: Processes,
         scenario: Path,
         requests_per_call: int,
+        *,
+        users: list[str] | None = None,
+        extra: list[str] | None = None,
+        local_port: int | None = None,
+        name: str = "users",
     ) -> None:
         self.args = args
         self.work = work
         self.procs = procs
         self.scenario = scenario
         self.requests_per_call = requests_per_call
-        self.local_port = free_port(socket.SOCK_DGRAM)  # fixed: each user keeps one Contact
+        self.extra = extra or []
+        self.helpers: list[Callable[[], list[int]]] = []
+        self.checks: list[Callable[[Step], str | None]] = []
+        self.cpus: set[int] | None = None  # the cores sipp runs on (the server has its own)
+        self.hold = 0.0  # seconds of pauses in each call of the scenario
+        # fixed: each user keeps one Contact
+        self.local_port = local_port or free_port(socket.SOCK_DGRAM)
         self.control_port = free_port(socket.SOCK_DGRAM)
-        self.users_file = work / "users.csv"
+        self.users_file = work / f"{name}.csv"
         with self.users_file.open("w") as f:
             f.write("SEQUENTIAL\n")
-            for user in args.user_list:
+            for user in args.user_list if users is None else users:
                 password = args.password
                 f.write(f"{user};{DOMAIN};[authentication username={user} password={password}]\n")
         self.runs = 0
 
     def argv(self, port: int, rate: int, calls: int, stat: Path, errors: Path) -> list[str]:
-        timeout = int(calls / rate + GRACE_SECONDS + 30)
+        timeout = int(calls / rate + self.hold + GRACE_SECONDS + 30)
         # fmt: off
         return [
             self.args.sipp, f"{HOST}:{port}",
@@ -246,6 +266,7 @@ class Sipp:
             "-max_recv_loops", "10000", "-max_sched_loops", "10000",
             "-buff_size", str(SIPP_BUFFER), "-nostdin", "-timeout", f"{timeout}s",
             "-trace_stat", "-stf", str(stat), "-fd", "1", "-trace_err", "-error_file", str(errors),
+            *self.extra,
         ]
         # fmt: on
 
@@ -255,15 +276,17 @@ class Sipp:
         name = f"{server.key}-{self.runs:03d}-{rate}"
         stat, errors = self.work / f"{name}.csv", self.work / f"{name}.errors"
         argv = self.argv(server.port, rate, calls, stat, errors)
-        step = Step(target=rate, calls=calls)
+        step = Step(target=rate, calls=calls, hold=self.hold)
         pids = server.pids()
         cpu0 = cpu_seconds(pids)
+        helpers = [pid for helper in self.helpers for pid in helper()]
+        helpers0 = cpu_seconds(helpers)
         busy0 = machine_busy_seconds()
         gc0, wall0 = read_gc(server.gc_file), time.time()
-        threads0 = thread_cpu(server.proc.pid) if server.key == "softswitch" else {}
+        threads0 = thread_cpu(server.proc.pid)
         start = time.monotonic()
-        proc = self.procs.start(argv, self.work / f"{name}.out")
-        deadline = start + calls / rate + GRACE_SECONDS
+        proc = self.procs.start(argv, self.work / f"{name}.out", cpus=self.cpus)
+        deadline = start + calls / rate + self.hold + GRACE_SECONDS
         killed = False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -279,7 +302,7 @@ class Sipp:
         proc.returncode = os.waitstatus_to_exitcode(status)
         self.procs.reaped(proc)
         step.server_cpu = cpu_seconds(pids) - cpu0
-        step.sipp_cpu = usage.ru_utime + usage.ru_stime
+        step.sipp_cpu = usage.ru_utime + usage.ru_stime + cpu_seconds(helpers) - helpers0
         busy = machine_busy_seconds() - busy0
         step.other_cpu = max(0.0, busy - step.server_cpu - step.sipp_cpu)
         if server.gc_file is not None:
@@ -289,14 +312,16 @@ class Sipp:
             main, others = main_and_other_threads(server.proc.pid, threads0)
             step.threads = {"event loop": main, "other threads": others}
         stats = read_sipp_stats(stat)
-        step.ok = _count(stats, "SuccessfulCall(C)")
-        step.failed = _count(stats, "FailedCall(C)")
-        step.retrans = _count(stats, "Retransmissions(C)")
+        step.ok = stat_count(stats, "SuccessfulCall(C)")
+        step.failed = stat_count(stats, "FailedCall(C)")
+        step.retrans = stat_count(stats, "Retransmissions(C)")
         if stats.get("ResponseTime1(C)"):
             step.response_ms = 1000.0 * _sipp_duration(stats["ResponseTime1(C)"])
         step.p99, step.worst = response_buckets(stats)
-        created = _count(stats, "OutgoingCall(C)")
+        created = stat_count(stats, "OutgoingCall(C)")
         step.problem = judge(step, self.requests_per_call, killed, created, proc.returncode)
+        for check in self.checks:
+            step.problem = check(step) or step.problem
         if not server.alive():
             step.problem = f"server exited (rc {server.proc.returncode}); see {server.log}"
         return step

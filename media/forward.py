@@ -91,6 +91,8 @@ class Port:
         "packets",
         "peer",
         "port",
+        "sent_base",
+        "sent_octets_base",
         "side",
         "tx",
         "view",
@@ -126,15 +128,21 @@ class Port:
         # Every accepted packet is either sent or dropped, so what was sent is a difference
         # (`sent`, `sent_octets`) rather than two more increments per packet.
         self.packets = self.octets = self.dropped = self.dropped_octets = self.foreign = 0
+        self.sent_base = self.sent_octets_base = 0  # see `restart_sent`
         watch(wild, self.read_wild)
 
     @property
     def sent(self) -> int:
-        return self.packets - self.dropped
+        return self.packets - self.dropped - self.sent_base
 
     @property
     def sent_octets(self) -> int:
-        return self.octets - self.dropped_octets
+        return self.octets - self.dropped_octets - self.sent_octets_base
+
+    def restart_sent(self) -> None:
+        """Count in `sent` and `sent_octets` only what is sent from now on."""
+        self.sent_base = self.packets - self.dropped
+        self.sent_octets_base = self.octets - self.dropped_octets
 
     def close(self) -> None:
         self.watch(self.wild, None)

@@ -18,6 +18,12 @@ from the later of the last RTP packet and the last offer/answer or hold change o
 and only once the leg has a remote address (before that the call is still being set up, and
 signalling timers own it). RTCP alone does not keep a leg alive.
 
+Transfer: `RelaySession.join` makes one session of a leg of each of two sessions (an attended
+transfer joins the transferee's leg of one call with the target's leg of the other), so those
+two phones talk on through the ports they already send to, with no re-INVITE; the two legs
+left over are released. A blind transfer needs nothing new: `set_remote` on the transferor's
+leg points it at the target's phone, and latching follows.
+
 It does not parse SDP, transcode, or run workers; the B2BUA passes addresses in and takes
 ports and counters out. IPv4 only for now.
 """
@@ -96,6 +102,7 @@ class RelaySession:
         self._on_timeout = on_timeout
         self._timed_out = False
         self._final: SessionStats | None = None
+        self._moved: set[Side] = set()  # legs handed to another session by `join`
 
     @property
     def closed(self) -> bool:
@@ -147,6 +154,21 @@ class RelaySession:
         leg = self._legs[side]
         leg.on_hold = on
         leg.since = time.monotonic()
+
+    def join(self, side: Side, other: RelaySession, other_side: Side) -> RelaySession:
+        """A new session of this session's leg `side` and `other`'s leg `other_side`.
+
+        The phone on `side` keeps its ports and its side; the phone of `other`'s leg gets the
+        other side of the new session, and keeps its ports too. Both old sessions are closed
+        (their final counters include the moved legs as they were), releasing only the legs
+        that did not move. A moved leg's "in" counts on from where it was; its "out" restarts
+        at 0, since what it sent before went to a phone that left.
+        """
+        self._check_open()
+        other._check_open()
+        if other is self:
+            raise ValueError("a session cannot be joined with itself")
+        return self._relay._join(self, side, other, other_side)
 
     def stats(self) -> SessionStats:
         if self._final is not None:
@@ -325,6 +347,34 @@ class Relay:
             jitter_sum_ms=self._jitter_sum,
         )
 
+    def _join(
+        self, keep: RelaySession, side: Side, take: RelaySession, take_side: Side
+    ) -> RelaySession:
+        kept, taken = keep._legs[side], take._legs[take_side]
+        keep._moved.add(side)
+        take._moved.add(take_side)
+        keep.close()
+        take.close()
+        taken.side = side.other
+        for port in (taken.rtp, taken.rtcp):
+            port.side, port.call_id = side.other, keep.call_id
+        for port in (kept.rtp, kept.rtcp, taken.rtp, taken.rtcp):
+            # What a moved port sent so far went to a phone that left (the closed sessions'
+            # "out" of the released legs counts it): from here on it counts towards the new one.
+            port.restart_sent()
+        kept.rtp.peer, taken.rtp.peer = taken.rtp, kept.rtp
+        kept.rtcp.peer, taken.rtcp.peer = taken.rtcp, kept.rtcp
+        now = time.monotonic()
+        for leg in (kept, taken):
+            if leg.since is not None:
+                leg.since = now  # quiet time counts from the join
+        legs = {side: kept, side.other: taken}
+        session = RelaySession(self, keep.call_id, legs, keep._on_timeout)
+        self._sessions.add(session)
+        _log.info("media joined", call_id=keep.call_id, joined=take.call_id,
+                  kept=kept.local.rtp_port, taken=taken.local.rtp_port)  # fmt: skip
+        return session
+
     def close(self) -> None:
         """Close every session and stop the timeout clock."""
         for session in list(self._sessions):
@@ -407,11 +457,15 @@ class Relay:
 
     def _closed(self, session: RelaySession, final: SessionStats) -> None:
         self._sessions.discard(session)
-        for leg in session._legs.values():
-            self._release(leg)
-        for i, value in enumerate(_totals_of(final)):
-            self._done[i] += value
-        for leg_stats in (final.a, final.b):
+        # A leg moved to another session by `join` is counted (and released) by that one.
+        released = [s for s in (final.a, final.b) if s.side not in session._moved]
+        for side, leg in session._legs.items():
+            if side not in session._moved:
+                self._release(leg)
+        for leg_stats in released:
+            for i, value in enumerate(_leg_totals(leg_stats)):
+                self._done[i] += value
+        for leg_stats in released:
             if leg_stats.packets_in:
                 jitter = leg_stats.jitter_ms
                 self._jitter_sum += jitter
@@ -435,15 +489,18 @@ class Relay:
 
 
 def _totals_of(stats: SessionStats) -> tuple[int, ...]:
-    a, b = stats.a, stats.b
+    return tuple(a + b for a, b in zip(_leg_totals(stats.a), _leg_totals(stats.b), strict=True))
+
+
+def _leg_totals(leg: LegStats) -> tuple[int, ...]:
     return (
-        a.packets_in + b.packets_in,
-        a.bytes_in + b.bytes_in,
-        a.packets_out + b.packets_out,
-        a.bytes_out + b.bytes_out,
-        a.rtcp_packets_in + b.rtcp_packets_in,
-        a.rtcp_packets_out + b.rtcp_packets_out,
-        a.lost + b.lost,
-        a.foreign_packets + b.foreign_packets,
-        a.dropped_packets + b.dropped_packets,
+        leg.packets_in,
+        leg.bytes_in,
+        leg.packets_out,
+        leg.bytes_out,
+        leg.rtcp_packets_in,
+        leg.rtcp_packets_out,
+        leg.lost,
+        leg.foreign_packets,
+        leg.dropped_packets,
     )

@@ -2,17 +2,33 @@
 
 A call's row is inserted with state 'active' when the B2BUA admits it, and rewritten whole with
 state 'ended' (times, disposition, who hung up and why, the legs with their media counters) when
-it ends. The first write is fire-and-forget, so no call waits on the database to proceed; the
-final write waits for it, so the two reach the store in order. While calls are up, a heartbeat
+it ends. No call waits on the database to proceed: every write goes to one group-commit queue
+(`GroupCommit`), which keeps them in order and writes all that gathered meanwhile in one
+transaction (measured in bench/call_rate.py: a transaction per write cost about a third of the
+daemon's CPU per call). While calls are up, a heartbeat
 moves `ended_at` of their rows forward: a daemon killed mid-call leaves 'active' rows that
 `recover()`, at the next start, marks 'crashed' with that last-known end. A restart so loses no
 call, finished or not.
 
+A transferred call stays one record: the caller pays for one call, and `billsec` runs from the
+first answer to the end whoever talked. Each party that joined by a transfer (blind, attended,
+or an INVITE with Replaces) adds leg rows with role 'target' (one per contact rung, as for the
+callee), `referred_by` naming the extension that transferred. Every answered leg has the time
+its party joined (`answered_at`) and left (`ended_at`), and the relay counters of its own time
+in the call, so billing can split the call between the parties. An attended transfer also ends
+the transferor's consultation call: that record ends with hangup cause 'transferred'.
+
+The B2BUA says who the call is between when it admits it: `direction` is 'internal' (a phone to
+an extension: caller and callee are extensions), 'inbound' (a gateway to a company number:
+caller is the calling number, callee the extension, `did` the number called) or 'outbound' (a
+phone to an outside number: caller is the extension, callee the E.164 number, `did` the caller
+ID it was sent with). An internal call to one of the tenant's own numbers keeps that number in
+`did` too. Each leg has the voice codec its phones agreed on.
+
 It does not decide anything about the call: it listens to the call-control events (``CCEvent*``)
-and reads the call and its relay session when the call is over. It also counts ended calls and
-their RTP in the metrics. Not done here: the codec (the relay does not know it yet), DIDs and
-directions other than 'internal' (no trunks yet), recordings, and telling rows of several
-switch nodes sharing one PostgreSQL apart at recovery.
+and reads the call and its relay session when the call is over. It also counts ended calls in
+the metrics (RTP counters come from the relay itself, live: media.metrics). Not done here:
+recordings, and telling rows of several switch nodes sharing one PostgreSQL apart at recovery.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ import asyncio
 import enum
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -39,10 +55,12 @@ from switch.b2bua.call import (
     Side,
 )
 from switch.b2bua.media import RelayMedia
+from switch.endpoint import NO_RESPONSE
 from switch.metrics import Metrics
 from switch.sip.errors import ParseError
 from switch.sip.message import Request
-from switch.store import Store, call_legs, calls
+from switch.store import GroupCommit, Store, call_legs, calls
+from switch.transport import Peer
 
 log = structlog.get_logger()
 
@@ -108,16 +126,20 @@ class LegRecord:
     lost: int = 0
     jitter_ms: float = 0.0
     latched: str | None = None  # where the relay sent this phone's RTP
+    referred_by: str | None = None  # role 'target': the extension that transferred
+    answered_at: float | None = None  # when this leg's party was in the call, if it was
+    ended_at: float | None = None
 
-    def with_media(self, stats: LegStats) -> LegRecord:
+    def with_media(self, stats: LegStats, since: LegStats | None = None) -> LegRecord:
+        """The relay counters of ``stats``, less those of ``since`` (what came before)."""
         latched = None if stats.latched is None else f"{stats.latched[0]}:{stats.latched[1]}"
         return replace(
             self,
-            packets_in=stats.packets_in,
-            bytes_in=stats.bytes_in,
-            packets_out=stats.packets_out,
-            bytes_out=stats.bytes_out,
-            lost=stats.lost,
+            packets_in=stats.packets_in - (since.packets_in if since else 0),
+            bytes_in=stats.bytes_in - (since.bytes_in if since else 0),
+            packets_out=max(0, stats.packets_out - (since.packets_out if since else 0)),
+            bytes_out=max(0, stats.bytes_out - (since.bytes_out if since else 0)),
+            lost=max(0, stats.lost - (since.lost if since else 0)),
             jitter_ms=round(stats.jitter_ms, 3),
             latched=latched,
         )
@@ -179,8 +201,6 @@ class _Open:
     """What the recorder knows of a call that is not over yet."""
 
     record: CallRecord
-    # The call's last write in flight: each write of a call waits for the one before it.
-    last: asyncio.Task[None] | None = None
     media_timeout: bool = False
     answered_at: float | None = None
 
@@ -200,7 +220,7 @@ class CallRecorder:
         self.metrics = metrics
         self.clock = clock
         self._open: dict[Call, _Open] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._writes = GroupCommit(store)
         self._last_beat = 0.0
         for value in Disposition:  # every series exists from the start, at 0
             self.metrics.calls_total.labels(value.value)
@@ -209,18 +229,29 @@ class CallRecorder:
         """Mark the calls a previous run left active as crashed; return how many."""
         return await self.store.transaction(_mark_crashed)
 
-    def begin(self, call: Call, *, tenant: str, caller: str, callee: str) -> None:
+    def begin(
+        self,
+        call: Call,
+        *,
+        tenant: str,
+        caller: str,
+        callee: str,
+        did: str | None = None,
+        direction: str = "internal",
+    ) -> None:
         record = CallRecord(
             call_id=secrets.token_hex(12),
             tenant=tenant,
             caller=caller,
             callee=callee,
+            did=did,
+            direction=direction,
             started_at=self.clock(),
         )
         entry = _Open(record)
         self._open[call] = entry
         row = record.row()
-        self._then(entry, lambda conn: _insert(conn, row))
+        self._write(lambda conn: _insert(conn, row), record.call_id)
 
     def media_timeout(self, sip_call_id: str) -> None:
         for call, entry in self._open.items():
@@ -238,12 +269,12 @@ class CallRecorder:
                 .where(calls.c.call_id == entry.record.call_id)
                 .values(answered_at=answered_at, ended_at=answered_at)
             )
-            self._then(entry, lambda conn: conn.execute(statement))
+            self._write(lambda conn: conn.execute(statement), entry.record.call_id)
         elif isinstance(event, CCEventFail | CCEventDisconnect):
             del self._open[call]
             ended_at = self.clock()
             # The call closes its media right after this event: read the counters after that.
-            self._spawn(self._finish(call, entry, event, ended_at), entry.record.call_id)
+            asyncio.get_running_loop().call_soon(self._finish, call, entry, event, ended_at)
 
     async def heartbeat(self) -> None:
         """Move the end of the active calls' rows to now, at most every HEARTBEAT_SECONDS."""
@@ -251,23 +282,21 @@ class CallRecorder:
         if not self._open or now - self._last_beat < HEARTBEAT_SECONDS:
             return
         self._last_beat = now
-        entries = list(self._open.values())
-        # After the calls' own writes, or a row still on its way in would miss the update.
-        await asyncio.gather(*(e.last for e in entries if e.last), return_exceptions=True)
-        ids = [entry.record.call_id for entry in entries]
+        # Queued after the calls' own writes: a row still on its way in gets the update too.
+        ids = [entry.record.call_id for entry in self._open.values()]
         statement = (
             update(calls)
             .where(calls.c.call_id.in_(ids), calls.c.state == RowState.ACTIVE.value)
             .values(ended_at=now)
         )
-        await self.store.transaction(lambda conn: conn.execute(statement))
+        await self._writes.submit(lambda conn: conn.execute(statement))
 
     async def close(self) -> None:
         """Wait for every write in flight. Calls still up stay 'active' for `recover()`."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # final writes scheduled by the last events
+        await self._writes.flush()
 
-    async def _finish(
+    def _finish(
         self,
         call: Call,
         entry: _Open,
@@ -277,41 +306,33 @@ class CallRecorder:
         record = finished(call, entry.record, event, entry.answered_at, ended_at,
                           entry.media_timeout)  # fmt: skip
         self._count(record)
-        if entry.last is not None:
-            # A failed earlier write is logged already, and this one inserts the row if need be.
-            await asyncio.gather(entry.last, return_exceptions=True)
-        await self.store.transaction(lambda conn: _write_final(conn, record))
-        log.info("call recorded", call_id=call.id, record=record.call_id,
-                 disposition=str(record.disposition), duration=record.duration,
-                 billsec=record.billsec)  # fmt: skip
+        # A failed earlier write is logged already, and this one inserts the row if need be.
+        written = self._write(lambda conn: _write_final(conn, record), record.call_id)
+
+        def recorded(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                log.info("call recorded", call_id=call.id, record=record.call_id,
+                         disposition=str(record.disposition), duration=record.duration,
+                         billsec=record.billsec)  # fmt: skip
+
+        written.add_done_callback(recorded)
 
     def _count(self, record: CallRecord) -> None:
         assert record.disposition is not None
         self.metrics.calls_total.labels(record.disposition.value).inc()
 
-    def _then(self, entry: _Open, work: Callable[[Connection], Any]) -> None:
-        """Run `work` in the store after the call's previous write, without waiting for it."""
+    def _write(self, work: Callable[[Connection], Any], record: str) -> asyncio.Future[Any]:
+        """Queue `work` for the store; a failure is logged, and the call goes on (its final
+        write inserts the row if the first one failed)."""
+        future = self._writes.submit(work)
 
-        async def run(before: asyncio.Task[None] | None) -> None:
-            if before is not None:
-                await asyncio.gather(before, return_exceptions=True)
-            await self.store.transaction(work)
+        def logged(done: asyncio.Future[Any]) -> None:
+            error = None if done.cancelled() else done.exception()
+            if error is not None:
+                log.error("writing a call record failed", record=record, exc_info=error)
 
-        entry.last = self._spawn(run(entry.last), entry.record.call_id)
-
-    def _spawn(self, work: Coroutine[Any, Any, None], record: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(_logged(work, record))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-
-async def _logged(work: Coroutine[Any, Any, None], record: str) -> None:
-    try:
-        await work
-    except Exception:
-        # The call goes on, and its final write inserts the row if the first one failed.
-        log.exception("writing a call record failed", record=record)
+        future.add_done_callback(logged)
+        return future
 
 
 def finished(
@@ -323,11 +344,13 @@ def finished(
     media_timeout: bool = False,
 ) -> CallRecord:
     """The final record of `call`, which just reported `event`."""
-    legs = _legs(call)
+    legs = _legs(call, answered_at, ended_at)
     if isinstance(event, CCEventDisconnect):
         result = Disposition.ANSWERED
         by = HangupBy.SYSTEM if event.by is None else HangupBy(event.by.value)
-        if event.by is not None:
+        if event.transferred:
+            cause = "transferred"
+        elif event.by is not None:
             cause = "BYE"
         else:
             cause = "media timeout" if media_timeout else "ended by the switch"
@@ -336,8 +359,8 @@ def finished(
         result = disposition(event.status, cancelled=cancelled)
         if cancelled:
             by = HangupBy.CALLER
-        elif any(fork.final == event.status for fork in call.forks):
-            by = HangupBy.CALLEE
+        elif any(f.final == event.status and f.reason != NO_RESPONSE for f in call.forks):
+            by = HangupBy.CALLEE  # its phone said so (a 408 of our Timer B is ours)
         else:
             by = HangupBy.SYSTEM
         cause = f"{event.status} {event.reason}".strip()
@@ -353,45 +376,84 @@ def finished(
     )
 
 
-def _legs(call: Call) -> tuple[LegRecord, ...]:
+def _legs(call: Call, answered_at: float | None, ended_at: float) -> tuple[LegRecord, ...]:
     a = call.incoming
     request = a.request
-    status = 200 if call.a_dialog is not None else None
+    status = 200 if answered_at is not None else None
     caller = LegRecord(
         leg=0,
         role=Side.A.value,
         sip_call_id=request.call_id,
         contact=_contact(request),
-        address=f"{a.peer.transport}:{a.peer.host}:{a.peer.port}",
+        address=_address(a.peer),
         local_tag=a.to_tag,
         remote_tag=request.from_.tag,
         status=status,
         answered=status == 200,
+        codec=call.media.codec,
     )
     legs = [caller]
-    stats: SessionStats | None = None
-    if isinstance(call.media, RelayMedia):
-        stats = call.media.session.stats()
-    winner = call.b_dialog
+    winner = call.answered_by
+    won_index = 0
     for n, fork in enumerate(call.forks, start=1):
         sip_call_id = fork.request.call_id
         won = winner is not None and winner.id.call_id == sip_call_id
-        peer = fork.target.peer
-        leg = LegRecord(
-            leg=n,
-            role=Side.B.value,
-            sip_call_id=sip_call_id,
-            contact=fork.target.uri,
-            address=f"{peer.transport}:{peer.host}:{peer.port}",
-            local_tag=fork.request.from_.tag,
-            remote_tag=winner.id.remote_tag if won and winner is not None else None,
-            status=fork.final,
-            answered=won,
+        won_index = n if won else won_index
+        legs.append(
+            LegRecord(
+                leg=n,
+                role=Side.B.value,
+                sip_call_id=sip_call_id,
+                contact=fork.target.uri,
+                address=_address(fork.target.peer),
+                local_tag=fork.request.from_.tag,
+                remote_tag=winner.id.remote_tag if won and winner is not None else None,
+                status=fork.final,
+                answered=won,
+                codec=call.media.codec if won else None,
+            )
         )
-        legs.append(leg.with_media(stats.b) if won and stats is not None else leg)
-    if stats is not None:
-        legs[0] = caller.with_media(stats.a)
+    # Who was on each side, in turn: (leg index, joined at, counters before it joined).
+    turns: dict[Side, list[tuple[int, float | None, LegStats | None]]] = {
+        Side.A: [(0, answered_at, None)] if status == 200 else [],
+        Side.B: [(won_index, answered_at, None)] if won_index else [],
+    }
+    ends: dict[Side, list[tuple[float | None, LegStats | None]]] = {Side.A: [], Side.B: []}
+    for transfer in call.transfers:
+        if transfer.status == 200:
+            ends[transfer.side].append((transfer.joined_at, transfer.replaced))
+        for target in transfer.targets():
+            answered = target.status == 200 and transfer.status == 200
+            legs.append(
+                LegRecord(
+                    leg=len(legs),
+                    role="target",
+                    sip_call_id=target.sip_call_id,
+                    contact=target.contact,
+                    address=None if target.peer is None else _address(target.peer),
+                    local_tag=None,
+                    remote_tag=None,
+                    status=target.status,
+                    answered=answered,
+                    referred_by=transfer.by,
+                )
+            )
+            if answered:
+                turns[transfer.side].append((len(legs) - 1, transfer.joined_at, transfer.before))
+    stats: SessionStats | None = None
+    if isinstance(call.media, RelayMedia):
+        stats = call.media.session.stats()
+    for side, occupants in turns.items():
+        final = None if stats is None else (stats.a if side is Side.A else stats.b)
+        for i, (index, joined, before) in enumerate(occupants):
+            left, after = ends[side][i] if i < len(ends[side]) else (ended_at, final)
+            leg = replace(legs[index], answered_at=joined, ended_at=left)
+            legs[index] = leg if after is None else leg.with_media(after, before)
     return tuple(legs)
+
+
+def _address(peer: Peer) -> str:
+    return f"{peer.transport}:{peer.host}:{peer.port}"
 
 
 def _contact(request: Request) -> str | None:

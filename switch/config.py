@@ -5,6 +5,11 @@ once, each as `FILE:LINE: where: what is wrong (expected ...)`, so `softswitch c
 reload can refuse a bad file whole and show the operator exactly where to look. Lines come
 from the composed YAML node tree, walked along pydantic's error locations.
 
+Gateways (trunk peers known by address) and each tenant's company numbers (DIDs) are checked
+here across the whole file: a tenant's gateway must exist, a DID belongs to one tenant and
+points at one of its extensions. Numbers an operator writes (DIDs, caller IDs) may be national
+in the tenant's ``country``; they are kept in E.164 (switch/numbers.py).
+
 It does not open sockets, create the database or read dialplans; paths it checks (TLS
 certificate and key) are taken as written, relative ones from the working directory.
 """
@@ -26,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     ValidationError,
@@ -34,6 +40,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from media.config import RelayConfig
+from switch.numbers import COUNTRIES, to_e164
 
 Loc = tuple[int | str, ...]
 
@@ -94,6 +101,9 @@ class Sip(_Section):
     )
     public_address: str | None = Field(default=None, min_length=1)
     user_agent: str = Field(default="softswitch", min_length=1)
+    # RFC 3261 T1, the round-trip estimate (s): retransmissions over UDP start at T1 and an
+    # unanswered request gives up after 64*T1 (Timer B/F: 32 s at the default 0.5).
+    t1: float = Field(default=0.5, ge=0.05, le=5.0)
 
 
 class Registrar(_Section):
@@ -134,6 +144,12 @@ class Media(_Section):
     port_min: int = Field(default=30000, ge=1024, le=65535)
     port_max: int = Field(default=39999, ge=1024, le=65535)
     timeout: PositiveInt = 60  # seconds without RTP from a talking phone before the call ends
+    hold_timeout: PositiveInt = 3600  # the same for a phone on hold or one that never sent
+    # Symmetric RTP latching (media.latch): seconds after each offer/answer in which a phone's
+    # real source (behind NAT) is learned; then it is locked and other senders are dropped.
+    latch_window: PositiveFloat = 3.0
+    strict_source: bool = False  # accept media only from the SDP address (fixed trunks)
+    relatch_on_ssrc: bool = True  # a locked stream may move when its SSRC comes from elsewhere
 
     @model_validator(mode="after")
     def _relay_accepts(self) -> Self:
@@ -150,6 +166,10 @@ class Media(_Section):
             port_min=self.port_min,
             port_max=self.port_max,
             timeout=float(self.timeout),
+            silent_timeout=float(self.hold_timeout),
+            latch_window=self.latch_window,
+            strict_source=self.strict_source,
+            relatch_on_ssrc=self.relatch_on_ssrc,
         )
 
 
@@ -259,9 +279,60 @@ def _digits(value: str) -> str:
     return value
 
 
+def _country(value: str) -> str:
+    if value.upper() not in COUNTRIES:
+        raise _invalid(f"{value!r} is not a country code (expected ISO 3166 alpha-2, e.g. RU, US)")
+    return value.upper()
+
+
+def _gateway_address(value: Any) -> HostPort:
+    """``IP`` or ``IP:port`` (IPv6 in brackets to give a port); 5060 when no port is given."""
+    if isinstance(value, HostPort):
+        return value
+    text = value if isinstance(value, str) else ""
+    try:
+        return HostPort(host=str(ip_address(text.strip("[]"))), port=5060)
+    except ValueError:
+        pass
+    address = _host_port(value)
+    try:
+        return HostPort(host=str(ip_address(address.host)), port=address.port)
+    except ValueError:
+        raise _invalid(
+            f"{value!r}: the host is not an IP address (expected e.g. 192.0.2.10:5060; "
+            "gateways are matched by the address they send from, so no DNS names)"
+        ) from None
+
+
+class Gateway(_Section):
+    """A trunk peer (carrier, SBC) known by its address: it needs no registration."""
+
+    name: Annotated[str, AfterValidator(_slug)]
+    address: Annotated[HostPort, BeforeValidator(_gateway_address)]
+    transport: Literal["udp", "tcp"] = "udp"
+    # other addresses it may send calls from (IP or network); matched by IP, any port
+    sources: tuple[Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)], ...] = ()
+    # inbound: national numbers (no '+') are read in this country; without it, as E.164
+    country: Annotated[str, AfterValidator(_country)] | None = None
+    # outbound Request-URI user: tech_prefix + prefix + (the number in format)[strip:]
+    format: Literal["+e164", "e164"] = "+e164"
+    strip: NonNegativeInt = 0
+    prefix: Annotated[str, BeforeValidator(_int_to_str)] = ""
+    # the carrier's routing prefix: added to outbound numbers, removed from inbound ones
+    tech_prefix: Annotated[str, BeforeValidator(_int_to_str)] = ""
+    max_calls: NonNegativeInt = 0  # calls through it at once, both ways (0: no limit)
+
+    def dial_string(self, e164: str) -> str:
+        """The Request-URI user for an E.164 number sent through this gateway."""
+        number = e164 if self.format == "+e164" else e164.removeprefix("+")
+        return f"{self.tech_prefix}{self.prefix}{number[self.strip :]}"
+
+
 class User(_Section):
     extension: Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_digits)]
     password: Annotated[str, BeforeValidator(_int_to_str), Field(min_length=1)]
+    # shown to the outside world on this user's outbound calls, instead of the tenant's
+    caller_id: Annotated[str, BeforeValidator(_int_to_str)] | None = None
     # "" only when extension is missing too: _name_defaults_to_extension fills it otherwise.
     name: str = Field(default="", min_length=1)
 
@@ -273,11 +344,38 @@ class User(_Section):
         return data
 
 
+def _did_keys(value: Any) -> Any:
+    # `"+74951234567": 101`: the loader keeps a signed number as text; other int keys too.
+    return {_int_to_str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
+def _number(text: str, country: str | None, at: Loc) -> str:
+    number = to_e164(text, country)
+    if number is None:
+        how = f"national in {country} or " if country else ""
+        raise _invalid(
+            f"{text!r} is not a phone number (expected {how}E.164, e.g. '+74951234567')", at=at
+        )
+    return number
+
+
 class Tenant(_Section):
     name: Annotated[str, AfterValidator(_slug)]
     domain: Annotated[str, AfterValidator(_domain)]
+    # where national numbers are dialled and written (ISO 3166 alpha-2)
+    country: Annotated[str, AfterValidator(_country)] | None = None
+    # outbound calls to numbers that are not extensions, in this order (the next on failure)
+    gateways: tuple[str, ...] = ()
+    # the number shown on outbound calls; default: the first DID
+    caller_id: Annotated[str, BeforeValidator(_int_to_str)] | None = None
+    # company numbers and the extension each one rings
+    dids: Annotated[
+        dict[str, Annotated[str, BeforeValidator(_int_to_str)]], BeforeValidator(_did_keys)
+    ] = Field(default_factory=dict)
     users: tuple[User, ...] = ()
     _by_extension: dict[str, User] = PrivateAttr(default_factory=dict)
+    _dids: dict[str, str] = PrivateAttr(default_factory=dict)  # E.164 -> extension
+    _caller_ids: dict[str, str] = PrivateAttr(default_factory=dict)  # extension -> E.164
 
     @model_validator(mode="after")
     def _index_users(self) -> Self:
@@ -290,8 +388,41 @@ class Tenant(_Section):
             self._by_extension[user.extension] = user
         return self
 
+    @model_validator(mode="after")
+    def _index_numbers(self) -> Self:
+        for text, extension in self.dids.items():
+            number = _number(text, self.country, ("dids", text))
+            if extension not in self._by_extension:
+                known = ", ".join(self._by_extension) or "none"
+                raise _invalid(
+                    f"DID {text!r} rings unknown extension {extension!r} (known: {known})",
+                    at=("dids", text),
+                )
+            if number in self._dids:
+                raise _invalid(f"DID {text!r} is listed twice (as {number})", at=("dids", text))
+            self._dids[number] = extension
+        default = next(iter(self._dids), None)
+        if self.caller_id is not None:
+            default = _number(self.caller_id, self.country, ("caller_id",))
+        for i, user in enumerate(self.users):
+            if user.caller_id is not None:
+                at = ("users", i, "caller_id")
+                self._caller_ids[user.extension] = _number(user.caller_id, self.country, at)
+            elif default is not None:
+                self._caller_ids[user.extension] = default
+        return self
+
     def user(self, extension: str) -> User | None:
         return self._by_extension.get(extension)
+
+    @property
+    def numbers(self) -> dict[str, str]:
+        """The tenant's DIDs in E.164, each with the extension it rings."""
+        return self._dids
+
+    def caller_id_of(self, extension: str) -> str | None:
+        """The E.164 number ``extension`` calls out as; None: none configured (anonymous)."""
+        return self._caller_ids.get(extension)
 
 
 class Config(_Section):
@@ -303,8 +434,11 @@ class Config(_Section):
     http: Http = Http()
     store: Store = Store()
     log: Log = Log()
+    gateways: tuple[Gateway, ...] = ()
     tenants: tuple[Tenant, ...] = Field(min_length=1)
     _by_domain: dict[str, Tenant] = PrivateAttr(default_factory=dict)
+    _gateways: dict[str, Gateway] = PrivateAttr(default_factory=dict)
+    _by_did: dict[str, Tenant] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _index_tenants(self) -> Self:
@@ -322,8 +456,72 @@ class Config(_Section):
             self._by_domain[tenant.domain] = tenant
         return self
 
+    @model_validator(mode="after")
+    def _index_gateways(self) -> Self:
+        addresses: dict[tuple[str, str, int], str] = {}
+        for i, gateway in enumerate(self.gateways):
+            if gateway.name in self._gateways:
+                raise _invalid(
+                    f"duplicate gateway name {gateway.name!r}", at=("gateways", i, "name")
+                )
+            address = gateway.address
+            key = (gateway.transport, address.host, address.port)
+            if key in addresses:
+                raise _invalid(
+                    f"{address.host}:{address.port} is also gateway {addresses[key]!r} "
+                    "(expected one gateway per address: calls are matched by it)",
+                    at=("gateways", i, "address"),
+                )
+            addresses[key] = gateway.name
+            self._gateways[gateway.name] = gateway
+        for i, tenant in enumerate(self.tenants):
+            for j, name in enumerate(tenant.gateways):
+                if name not in self._gateways:
+                    known = ", ".join(self._gateways) or "none configured"
+                    raise _invalid(
+                        f"unknown gateway {name!r} (known: {known})",
+                        at=("tenants", i, "gateways", j),
+                    )
+            for text, number in zip(tenant.dids, tenant.numbers, strict=True):
+                owner = self._by_did.setdefault(number, tenant)
+                if owner is not tenant:
+                    shown = text if text == number else f"{text} ({number})"
+                    raise _invalid(
+                        f"DID {shown!r} already belongs to tenant {owner.name!r}",
+                        at=("tenants", i, "dids", text),
+                    )
+        return self
+
     def tenant_by_domain(self, domain: str) -> Tenant | None:
         return self._by_domain.get(domain.lower())
+
+    def gateway(self, name: str) -> Gateway:
+        return self._gateways[name]
+
+    def tenant_by_did(self, number: str) -> Tenant | None:
+        """The tenant owning the E.164 ``number``."""
+        return self._by_did.get(number)
+
+    def gateway_at(self, transport: str, host: str, port: int) -> Gateway | None:
+        """The gateway a request from ``host:port`` comes from: by address, never by header.
+
+        Over UDP the source port must be the gateway's port too; a TCP connection comes
+        from a port of the peer's choosing, so there the address alone decides. Extra
+        ``sources`` match by address.
+        """
+        try:
+            source = ip_address(host)
+        except ValueError:
+            return None
+        for gateway in self.gateways:
+            address = gateway.address
+            same_port = transport != "udp" or address.port == port
+            if gateway.transport == transport and ip_address(address.host) == source and same_port:
+                return gateway
+        for gateway in self.gateways:
+            if any(source in network for network in gateway.sources):
+                return gateway
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +546,7 @@ class ConfigError(Exception):
         return "\n".join(str(problem) for problem in self.problems)
 
 
-_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
 class _Loader(yaml.SafeLoader):
@@ -358,7 +556,8 @@ class _Loader(yaml.SafeLoader):
 def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int | str:
     # YAML 1.1 reads 0101 as octal 65 and 1:30 as sexagesimal 90. An operator writing
     # `extension: 0101` or `port: 05060` never means that, so such scalars stay text and the
-    # schema decides: the extension keeps its zero, the port still parses as 5060.
+    # schema decides: the extension keeps its zero, the port still parses as 5060. A phone
+    # number in E.164 (+74951234567) keeps its '+' the same way.
     assert isinstance(node, yaml.ScalarNode)
     text = loader.construct_scalar(node)
     return int(text) if _DECIMAL.fullmatch(text) else text
@@ -440,6 +639,10 @@ _EXPECTED = {
     "int_parsing": "an integer",
     "int_from_float": "an integer",
     "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "float_type": "a number",
+    "float_parsing": "a number",
     "path_type": "a file path",
     "tuple_type": "a list",
     "model_type": "a mapping of keys",

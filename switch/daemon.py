@@ -74,6 +74,7 @@ class Daemon:
         transports = self.endpoint.transports
         self.endpoint.handlers["REGISTER"] = self.registrar.handle
         self.endpoint.public_address = config.sip.public_address
+        self.endpoint.t1 = config.sip.t1
         self.b2bua = B2bua(config, self.endpoint, self.location, self.registrar, self.metrics)
         self.b2bua.recorder = self.records
         if config.media.relay:

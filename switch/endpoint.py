@@ -47,6 +47,7 @@ from switch.sip.message import (
 )
 from switch.sip.syntax import split_list
 from switch.sip.transaction import (
+    T1,
     AckReceived,
     ClientInviteTransaction,
     ClientNonInviteTransaction,
@@ -65,6 +66,10 @@ from switch.sip.uri import SipUri
 from switch.transport import Peer, Transports
 
 log = structlog.get_logger()
+
+# The reason phrase of the 408 a client transaction's Timer B or F makes (§8.1.3.1): nothing
+# came back, so this one was made here, not received.
+NO_RESPONSE = "Request Timeout (no response)"
 
 Handler = Callable[[Request, Peer, str], Awaitable[Response]]
 OnResponse = Callable[[Response], None]
@@ -92,8 +97,9 @@ class ServerRequest:
 
 Core = Callable[[ServerRequest], None]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE"
-SUPPORTED: frozenset[str] = frozenset()  # option tags we implement (none yet, §20.37)
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER"
+# Option tags we implement (§20.37): Replaces (RFC 3891), REFER without NOTIFY (RFC 4488).
+SUPPORTED: frozenset[str] = frozenset({"replaces", "norefersub"})
 
 
 class SipEndpoint:
@@ -108,6 +114,9 @@ class SipEndpoint:
         self.ack_handler: Callable[[Request, Peer], None] | None = None
         self.stray_2xx: Callable[[Response, Peer], None] | None = None
         self.public_address: str | None = None  # for our Via, when not the listening address
+        # RTT estimate for every transaction (§17.1.1.1): retransmissions start at T1, and
+        # Timers B, F, H, J, L run 64*T1. Raised for slow links, lowered for tests.
+        self.t1 = T1
         self.draining = False
         self._timers: dict[Transaction, asyncio.TimerHandle] = {}
         self._peers: dict[Transaction, Peer] = {}
@@ -187,7 +196,7 @@ class SipEndpoint:
                 self.ack_handler(request, peer)  # ACK for a 2xx: the UAS core's (§13.3.1.4)
             return
         cls = ServerInviteTransaction if request.method == "INVITE" else ServerNonInviteTransaction
-        txn = self.transactions.add(cls(request, now, reliable=peer.reliable))
+        txn = self.transactions.add(cls(request, now, reliable=peer.reliable, t1=self.t1))
         self._peers[txn] = peer
         txn.events()  # RequestReceived: the request is handled right below
         to_tag = new_tag()
@@ -309,7 +318,7 @@ class SipEndpoint:
             request.headers.add("Max-Forwards", "70")
         request.headers.set("User-Agent", self.user_agent)
         cls = ClientInviteTransaction if request.method == "INVITE" else ClientNonInviteTransaction
-        txn = self.transactions.add(cls(request, reliable=peer.reliable))
+        txn = self.transactions.add(cls(request, reliable=peer.reliable, t1=self.t1))
         self._peers[txn] = peer
         self._callbacks[txn] = on_response
         txn.start(asyncio.get_running_loop().time())
@@ -353,7 +362,9 @@ class SipEndpoint:
         if peer is None:
             return
         # The CANCEL shares the INVITE's branch, so no new Via here (§9.1).
-        ctxn = self.transactions.add(ClientNonInviteTransaction(cancel, reliable=peer.reliable))
+        ctxn = self.transactions.add(
+            ClientNonInviteTransaction(cancel, reliable=peer.reliable, t1=self.t1)
+        )
         self._peers[ctxn] = peer
         self._callbacks[ctxn] = _ignore
         ctxn.start(asyncio.get_running_loop().time())
@@ -420,7 +431,7 @@ class SipEndpoint:
                     if pending is not None and response.status < 200:
                         self._send_cancel(txn, pending)
             elif isinstance(event, Timeout):
-                response = txn.request.response(408, "Request Timeout (no response)")
+                response = txn.request.response(408, NO_RESPONSE)
             if response is not None and callback is not None:
                 try:
                     callback(response)

@@ -47,6 +47,12 @@ class Metrics:
         self.calls_total = Counter(
             "softswitch_calls", "Calls ended, by disposition", ["disposition"], registry=r
         )
+        self.transfers_total = Counter(
+            "softswitch_transfers",
+            "Call transfers (REFER, INVITE with Replaces), by kind and result",
+            ["kind", "result"],
+            registry=r,
+        )
         self.dropped_from_banned = Counter(
             "softswitch_banned_packets", "Packets dropped from blocked sources", registry=r
         )

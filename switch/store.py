@@ -9,7 +9,8 @@ Database work runs on one dedicated thread, a whole unit of work per hop
 of binding changes costs one thread round-trip rather than the several per
 statement an async driver makes (measured in bench/register_rate.py: the
 aiosqlite path cost about half the daemon's CPU at 250 REGISTER/s). One
-thread also serializes writers, which is what SQLite wants.
+thread also serializes writers, which is what SQLite wants. `GroupCommit`
+puts many small independent writes (call records) into shared transactions.
 
 Every table is defined here, in the module-level `metadata`, so the tables
 added later (voicemail, callbacks) are created by the same `create_all`.
@@ -90,8 +91,9 @@ calls = Table(
     Column("recording", String, nullable=True),
 )
 
-# One row per leg of a call (the caller's, then one per fork towards the callee), owned by
-# switch.cdr and written with the call's final row. "in" is from that leg's phone.
+# One row per leg of a call (the caller's, then one per fork towards the callee, then those of
+# transfer targets), owned by switch.cdr and written with the call's final row. "in" is from
+# that leg's phone.
 call_legs = Table(
     "call_legs",
     metadata,
@@ -113,6 +115,11 @@ call_legs = Table(
     Column("lost", Integer, nullable=False),
     Column("jitter_ms", Float, nullable=False),
     Column("latched", String, nullable=True),
+    # Transfers (switch.b2bua.transfer): who put this leg's party in the call, and when the
+    # party was in it (a transferred call's legs take turns; billing splits the call by these).
+    Column("referred_by", String, nullable=True),
+    Column("answered_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
 )
 
 # Operators write the database (sqlite://, postgresql://); the driver is ours to choose.
@@ -141,6 +148,63 @@ class Store:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
         self._thread.shutdown()
+
+
+_Unit = tuple[Callable[[Connection], Any], "asyncio.Future[Any]"]
+
+
+class GroupCommit:
+    """Units of work that share transactions: `submit(work)` queues ``work(conn)`` and returns
+    a future of its result, set once the transaction holding it is committed.
+
+    One writer task runs the queue in order, a batch per transaction: a batch is whatever was
+    submitted while the previous commit was on its way, so under load many calls' records
+    share one thread hop and one commit, and with no load each unit commits at once. Units of
+    one batch run in the order they were submitted, batches one after another, so a caller's
+    writes reach the database in its order. When a batch fails, each of its units is run
+    again in a transaction of its own: one bad unit fails alone (its future gets the error)
+    and loses no other unit's data.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: list[_Unit] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def submit(self, work: Callable[[Connection], _T]) -> asyncio.Future[_T]:
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return future
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is committed (or has failed)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _write(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._commit(batch)
+        finally:
+            self._writer = None
+
+    async def _commit(self, batch: list[_Unit]) -> None:
+        works = [work for work, _ in batch]
+        try:
+            results = await self.store.transaction(lambda conn: [work(conn) for work in works])
+        except Exception as exc:
+            if len(batch) > 1:
+                for unit in batch:
+                    await self._commit([unit])  # one bad unit fails alone
+            elif not batch[0][1].done():
+                batch[0][1].set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
 
 async def open_store(url: str) -> Store:

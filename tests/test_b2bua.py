@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from media import Relay, RelayConfig, Side
-from switch.b2bua.call import best_failure
+from switch.b2bua.forks import best_failure
 from switch.b2bua.media import RelayMedia
 from switch.sip.sdp import SdpError, parse_sdp
 

@@ -13,6 +13,7 @@ from sqlalchemy import delete, select
 from switch.b2bua.call import CallState, CCEventConnect, CCEventDisconnect, CCEventFail, Side
 from switch.b2bua.media import PassThrough
 from switch.cdr import CallRecorder, Disposition, disposition
+from switch.endpoint import NO_RESPONSE
 from switch.metrics import Metrics
 from switch.sip.dialog import DialogId
 from switch.sip.message import Request, parse_message
@@ -78,7 +79,9 @@ def fake_call(forks: int = 1) -> Any:
         state=CallState.TRYING,
         a_dialog=None,
         b_dialog=None,
+        answered_by=None,
         forks=[fork(n) for n in range(forks)],
+        transfers=[],
     )
 
 
@@ -89,7 +92,7 @@ def fork(n: int) -> Any:
         .replace(b"INVITE sip:102@acme.example", f"INVITE sip:102@192.0.2.{20 + n}".encode())
     )
     target = SimpleNamespace(uri=f"sip:102@192.0.2.{20 + n}", peer=Peer("udp", "192.0.2.20", 5062))
-    return SimpleNamespace(request=invite, target=target, final=None)
+    return SimpleNamespace(request=invite, target=target, final=None, reason="")
 
 
 def answer(call: Any, n: int = 0) -> None:
@@ -97,6 +100,7 @@ def answer(call: Any, n: int = 0) -> None:
     call.forks[n].final = 200
     call.a_dialog = object()
     call.b_dialog = SimpleNamespace(id=DialogId(f"leg-b-{n}@softswitch", f"btag{n}", "phone-b"))
+    call.answered_by = call.b_dialog
 
 
 @pytest.fixture
@@ -185,6 +189,24 @@ async def test_unanswered_calls(
     a, b = await legs(store)
     assert not a.answered and not b.answered
     assert counted(metrics, "softswitch_calls_total", disposition=expected[0]) == 1
+
+
+@pytest.mark.parametrize(("reason", "by"), [("Request Timeout", "callee"), (NO_RESPONSE, "system")])
+async def test_a_408_is_the_callees_only_when_its_phone_sent_it(
+    store: Store, reason: str, by: str
+) -> None:
+    recorder = CallRecorder(store, Metrics(), Clock())
+    call = fake_call()
+    recorder.begin(call, tenant="acme", caller="101", callee="102")
+    call.state, call.forks[0].final, call.forks[0].reason = CallState.FAILED, 408, reason
+    recorder.on_event(call, CCEventFail(408, "Request Timeout"))
+    await recorder.close()
+    (row,) = await rows(store)
+    assert (row.disposition, row.hangup_by, row.hangup_cause) == (
+        "no-answer",
+        by,
+        "408 Request Timeout",
+    )
 
 
 async def test_media_timeout_is_the_cause_of_a_hangup_by_the_switch(store: Store) -> None:

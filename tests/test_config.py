@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from switch.config import ConfigError, HostPort, load_config
+from switch.config import Config, ConfigError, HostPort, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "softswitch.yaml"
 
@@ -56,6 +56,22 @@ def test_example_loads_with_the_documented_values() -> None:
     assert alice is not None and alice.name == "Alice Ivanova"
     assert acme.user("199") is None
     assert config.tenant_by_domain("initech.example") is None
+
+
+def test_the_example_gateway_and_did_are_valid_once_uncommented(tmp_path: Path) -> None:
+    lines = EXAMPLE.read_text().splitlines()
+    first = lines.index("# gateways:")
+    last = lines.index("", first)
+    tenants = [i for i, line in enumerate(lines) if i > last and line.startswith("    # ")]
+    text = "\n".join(
+        line.replace("# ", "", 1) if first <= i < last or i in tenants else line
+        for i, line in enumerate(lines)
+    )
+    config = load_text(tmp_path, text)
+    acme = config.tenant_by_did("+74951234567")
+    assert acme is not None and acme.name == "acme" and acme.gateways == ("carrier",)
+    assert acme.caller_id_of("101") == "+74951234567"
+    assert config.gateway("carrier").max_calls == 30
 
 
 def test_defaults_match_the_example(tmp_path: Path) -> None:
@@ -122,7 +138,7 @@ def test_tls_listener_with_existing_files(tmp_path: Path) -> None:
             "  user_agent: softswitch",
             "  user_agnt: softswitch",
             "F:13: sip: unknown key 'user_agnt' (did you mean 'user_agent'? "
-            "expected one of: listen, public_address, user_agent)",
+            "expected one of: listen, public_address, user_agent, t1)",
             id="unknown-key",
         ),
         pytest.param(
@@ -211,6 +227,19 @@ def test_each_mistake_names_its_line(tmp_path: Path, old: str, new: str, expecte
     assert problems(tmp_path, example_with(old, new)) == [expected]
 
 
+def test_media_latching_options(tmp_path: Path) -> None:
+    media = "media:\n  latch_window: 0\n  strict_source: maybe\n  hold_timeout: soon\n"
+    assert problems(tmp_path, media + MINIMAL) == [
+        "F:2: media.latch_window: got '0' (expected a number greater than 0.0)",
+        "F:3: media.strict_source: got 'maybe' (expected true or false)",
+        "F:4: media.hold_timeout: got 'soon' (expected an integer)",
+    ]
+    good = tmp_path / "good.yaml"
+    good.write_text("media:\n  latch_window: 1.5\n  strict_source: true\n" + MINIMAL)
+    relay = load_config(good).media.relay_config()
+    assert (relay.latch_window, relay.strict_source, relay.relatch_on_ssrc) == (1.5, True, True)
+
+
 def test_missing_tenants(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().split("tenants:")[0]
     assert problems(tmp_path, text) == ["F:5: missing required key 'tenants'"]
@@ -229,6 +258,163 @@ def test_all_problems_are_reported_in_line_order(tmp_path: Path) -> None:
     text = "log: {level: loud}\n" + text + "      - {password: x}\n"
     assert problems(tmp_path, text) == [
         "F:1: log.level: got 'loud' (expected one of 'debug', 'info', 'warning' or 'error')",
-        "F:5: tenants[0]: unknown key 'colour' (expected one of: name, domain, users)",
+        "F:5: tenants[0]: unknown key 'colour' (did you mean 'country'? expected one of: "
+        "name, domain, country, gateways, caller_id, dids, users)",
         "F:8: tenants[0].users[1]: missing required key 'extension'",
+    ]
+
+
+# -- gateways and company numbers (DIDs) ---------------------------------------------------
+
+GATEWAYS = """\
+gateways:
+  - {name: carrier, address: 192.0.2.10, format: e164, sources: [192.0.2.0/28]}
+  - {name: backup, address: "192.0.2.20:5080", transport: tcp, tech_prefix: "99#", max_calls: 2}
+tenants:
+  - name: acme
+    domain: acme.example
+    country: RU
+    gateways: [carrier, backup]
+    caller_id: 8 495 123-45-67
+    dids:
+      +74951234567: 101
+      "84951234568": 102
+    users:
+      - {extension: "101", password: s3cret}
+      - {extension: "102", password: s3cret, caller_id: +7 (495) 123-45-68}
+      - {extension: "103", password: s3cret}
+  - name: globex
+    domain: globex.example
+    gateways: [carrier]
+    users:
+      - {extension: "101", password: s3cret}
+"""
+
+
+def load_text(tmp_path: Path, text: str) -> Config:
+    path = tmp_path / "softswitch.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_gateways_dids_and_caller_ids_are_read_in_e164(tmp_path: Path) -> None:
+    config = load_text(tmp_path, GATEWAYS)
+    acme = config.tenant_by_did("+74951234568")
+    assert acme is not None and acme.name == "acme"
+    # an unquoted +7... keeps its '+' (YAML 1.1 would read it as the integer 74951234567)
+    assert acme.numbers == {"+74951234567": "101", "+74951234568": "102"}
+    assert config.tenant_by_did("+74951234569") is None
+    assert acme.caller_id_of("101") == "+74951234567"  # the tenant's, from national format
+    assert acme.caller_id_of("102") == "+74951234568"  # the user's own
+    globex = config.tenant_by_domain("globex.example")
+    assert globex is not None and globex.caller_id_of("101") is None  # nothing to show: anonymous
+    carrier, backup = config.gateway("carrier"), config.gateway("backup")
+    assert (carrier.address.host, carrier.address.port, carrier.transport) == (
+        "192.0.2.10", 5060, "udp",
+    )  # fmt: skip
+    assert carrier.dial_string("+12125550100") == "12125550100"
+    assert backup.dial_string("+12125550100") == "99#+12125550100"
+
+
+def test_gateways_are_matched_by_source_address(tmp_path: Path) -> None:
+    config = load_text(tmp_path, GATEWAYS)
+
+    def name(transport: str, host: str, port: int) -> str | None:
+        gateway = config.gateway_at(transport, host, port)
+        return gateway.name if gateway is not None else None
+
+    assert name("udp", "192.0.2.10", 5060) == "carrier"
+    assert name("udp", "192.0.2.10", 5061) == "carrier"  # in its sources 192.0.2.0/28 (any port)
+    assert name("udp", "192.0.2.14", 40000) == "carrier"
+    assert name("udp", "192.0.2.16", 5060) is None
+    assert name("tcp", "192.0.2.20", 43210) == "backup"  # a TCP client port is the peer's choice
+    assert name("udp", "192.0.2.20", 5080) is None  # backup speaks TCP only
+    assert name("udp", "198.51.100.1", 5060) is None
+
+
+def test_strip_and_prefix_rewrite_the_number(tmp_path: Path) -> None:
+    text = GATEWAYS.replace("format: e164,", "format: e164, strip: 1, prefix: 8,")
+    carrier = load_text(tmp_path, text).gateway("carrier")
+    assert carrier.dial_string("+74951234567") == "84951234567"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(
+            "gateways: [carrier, backup]",
+            "gateways: [carrier, bakup]",
+            "F:8: tenants[0].gateways[1]: unknown gateway 'bakup' (known: carrier, backup)",
+            id="unknown-gateway",
+        ),
+        pytest.param(
+            "    gateways: [carrier]\n",
+            '    gateways: [carrier]\n    dids: {"+7 495 123-45-67": 101}\n',
+            "F:20: tenants[1].dids.+7 495 123-45-67: DID '+7 495 123-45-67 (+74951234567)' "
+            "already belongs to tenant 'acme'",
+            id="did-of-two-tenants",
+        ),
+        pytest.param(
+            '"84951234568": 102',
+            '"84951234568": 104',
+            "F:12: tenants[0].dids.84951234568: DID '84951234568' rings unknown extension '104' "
+            "(known: 101, 102, 103)",
+            id="did-to-unknown-extension",
+        ),
+        pytest.param(
+            '"84951234568": 102',
+            '"84951234567": 102',
+            "F:12: tenants[0].dids.84951234567: DID '84951234567' is listed twice "
+            "(as +74951234567)",
+            id="did-twice-in-a-tenant",
+        ),
+        pytest.param(
+            "caller_id: 8 495 123-45-67",
+            "caller_id: 123",
+            "F:9: tenants[0].caller_id: '123' is not a phone number (expected national in RU "
+            "or E.164, e.g. '+74951234567')",
+            id="bad-caller-id",
+        ),
+        pytest.param(
+            "country: RU",
+            "country: XX",
+            "F:7: tenants[0].country: 'XX' is not a country code (expected ISO 3166 alpha-2, "
+            "e.g. RU, US)",
+            id="bad-country",
+        ),
+        pytest.param(
+            "address: 192.0.2.10,",
+            "address: sip.carrier.example,",
+            "F:2: gateways[0].address: 'sip.carrier.example' is not host:port (expected host:port, "
+            'e.g. 127.0.0.1:9090, or in quotes "[::1]:9090")',
+            id="gateway-without-port",
+        ),
+        pytest.param(
+            '"192.0.2.20:5080", transport: tcp',
+            '"192.0.2.10:5060", transport: udp',
+            "F:3: gateways[1].address: 192.0.2.10:5060 is also gateway 'carrier' (expected one "
+            "gateway per address: calls are matched by it)",
+            id="two-gateways-one-address",
+        ),
+        pytest.param(
+            "transport: tcp,",
+            "transport: tls,",
+            "F:3: gateways[1].transport: got 'tls' (expected one of 'udp' or 'tcp')",
+            id="gateway-transport",
+        ),
+    ],
+)
+def test_gateway_and_did_mistakes_name_their_line(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in GATEWAYS
+    assert problems(tmp_path, GATEWAYS.replace(old, new, 1)) == [expected]
+
+
+def test_a_gateway_named_by_dns_is_refused_with_the_reason(tmp_path: Path) -> None:
+    text = GATEWAYS.replace("address: 192.0.2.10,", 'address: "sip.carrier.example:5060",')
+    assert problems(tmp_path, text) == [
+        "F:2: gateways[0].address: 'sip.carrier.example:5060': the host is not an IP address "
+        "(expected e.g. 192.0.2.10:5060; gateways are matched by the address they send from, "
+        "so no DNS names)"
     ]

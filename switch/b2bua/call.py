@@ -30,7 +30,19 @@ A first INVITE without SDP (late offer, §13.2.1) goes to B without SDP too;
 B's 2xx carries the offer to A, and B's ACK waits for A's with the answer.
 A 2xx whose SDP we cannot relay ends the call: ACK and BYE to B, 500 to A.
 
-Not done here: REFER, PRACK, early media without a 18x to A, and 3xx redirection.
+Transfer (``switch.b2bua.transfer``) changes who is on a side: a REFER's
+target, the far phone of an attended transfer's other call, or a phone
+sending INVITE with Replaces takes that side's leg (``replace_leg``); the
+transferor's old leg is kept in ``departed`` until its BYE, and in-dialog
+requests on it get 481. While a transfer's target rings, a BYE from the
+transferor leaves the call up for the target (RFC 5589 §6.1); a hang-up of
+the other phone cancels the target's forks.
+
+Targets may also be tried in turn (failover between gateways): when every
+fork failed with a status that ``fails_over`` (408, 5xx), the next target of
+the ``failover`` list gets the INVITE, within the same ring timeout.
+
+Not done here: PRACK, early media without a 18x to A, and 3xx redirection.
 """
 
 from __future__ import annotations
@@ -38,25 +50,27 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
+from switch.b2bua.forks import Fork, Forks, Target, ignore, invite
 from switch.b2bua.media import MediaSession
 from switch.endpoint import ServerRequest, SipEndpoint, response_peer
 from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
 from switch.sip.headers import NameAddr
-from switch.sip.message import Headers, Request, Response, new_tag
-from switch.sip.transaction import T1, T2, ClientTransaction
+from switch.sip.message import Request, Response
+from switch.sip.transaction import T2
+from switch.sip.uri import parse_uri
 from switch.transport import Peer
 
-log = structlog.get_logger()
+if TYPE_CHECKING:
+    from switch.b2bua.transfer import Departed, Resend, Transfer, TransferRecord
 
-# RFC 3326 §2, RFC 3261 §9.1: tells the other phones not to log a missed call.
-REASON_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+log = structlog.get_logger()
 
 
 class CallState(enum.Enum):
@@ -93,6 +107,19 @@ class CCEventConnect:
 @dataclass(frozen=True, slots=True)
 class CCEventDisconnect:
     by: Side | None  # None: the switch ended the call (no media, no ACK)
+    transferred: bool = False  # the side ``by`` left by transferring the other (attended)
+
+
+@dataclass(frozen=True, slots=True)
+class CCEventTransfer:
+    """A new party took the place of ``side`` (status 200), or the attempt failed."""
+
+    kind: str  # blind, attended, replaces
+    side: Side
+    by: str | None  # the transferor's extension; None when the new phone replaced itself
+    replaced: str  # the extension that left the call (or would have)
+    target: str
+    status: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +128,9 @@ class CCEventFail:
     reason: str
 
 
-CCEvent = CCEventTry | CCEventRing | CCEventConnect | CCEventDisconnect | CCEventFail
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One contact of the callee and where to reach it."""
-
-    uri: str
-    peer: Peer
+CCEvent = (
+    CCEventTry | CCEventRing | CCEventConnect | CCEventDisconnect | CCEventFail | CCEventTransfer
+)
 
 
 @dataclass(slots=True)
@@ -121,16 +142,6 @@ class Reinvite:
     ok: Response | None = None  # our 2xx to it, retransmitted until its ACK (§13.3.1.4)
     ack_cseq: int = 0  # the other leg's 2xx waits for that ACK to be ACKed
     timer: asyncio.TimerHandle | None = None
-
-
-class Fork:
-    """One INVITE of leg B to one contact."""
-
-    def __init__(self, target: Target, request: Request) -> None:
-        self.target = target
-        self.request = request
-        self.txn: ClientTransaction | None = None
-        self.final: int | None = None
 
 
 class Call:
@@ -152,12 +163,25 @@ class Call:
         self.dialogs = dialogs  # the owner's index of in-dialog requests, shared by all calls
         self.state = CallState.TRYING
         self.id = incoming.request.call_id  # the caller's Call-ID names the call in logs
-        self.forks: list[Fork] = []
+        self.leg_b = Forks(
+            endpoint,
+            ring_timeout=ring_timeout,
+            on_ring=self._on_ring,
+            on_answer=self._on_answer,
+            on_fail=self._fail,
+        )
         self.a_dialog: Dialog | None = None
         self.b_dialog: Dialog | None = None
         self.b_peer: Peer | None = None
+        self.a_peer = incoming.peer
+        self.tenant = ""
+        self.users: dict[Side, str] = {}  # the extension on each side (the service's)
+        self.transfer: Transfer | None = None  # a REFER whose target is ringing
+        self.transfers: list[TransferRecord] = []  # every change of party, for the record
+        self.departed: dict[DialogId, Departed] = {}  # transferors' legs waiting for BYE
+        self.unacked: dict[DialogId, Resend] = {}  # our 2xx to an INVITE with Replaces
         self._a_ok: Response | None = None  # our 2xx to A, retransmitted until A's ACK
-        self._timer: asyncio.TimerHandle | None = None  # ring timeout, then 2xx retransmission
+        self._timer: asyncio.TimerHandle | None = None  # our 2xx to A, until its ACK
         self._reinvite: Reinvite | None = None
         self._b_ack: int | None = None  # late offer: the CSeq of B's 2xx, ACKed with A's answer
         self._held_back: ServerRequest | None = None  # B's re-INVITE, until A's ACK comes
@@ -165,7 +189,16 @@ class Call:
 
     # -- setting up (leg B) --------------------------------------------------
 
-    def start(self, targets: list[Target], callee_aor: str, caller: str) -> None:
+    def start(
+        self,
+        targets: list[Target],
+        callee_aor: str,
+        caller: str,
+        *,
+        failover: Sequence[Target] = (),
+    ) -> None:
+        """Ring ``targets`` at once; when all fail in a way that ``fails_over``, ``failover``
+        in turn (gateways), within the same ring timeout."""
         a = self.incoming.request
         max_forwards = (a.max_forwards if a.max_forwards is not None else 70) - 1
         try:
@@ -173,56 +206,49 @@ class Call:
         except ParseError as exc:
             self._fail(488, f"Not Acceptable Here ({exc})"[:120])
             return
-        for target in targets:
-            self.forks.append(Fork(target, self._invite(target, callee_aor, max_forwards, offer)))
-        self._emit(CCEventTry(caller, callee_aor, len(self.forks)))
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.ring_timeout, self._on_ring_timeout)
-        for fork in self.forks:
-            on_response = functools.partial(self._on_fork_response, fork)
-            fork.txn = self.endpoint.send_request(fork.request, fork.target.peer, on_response)
-
-    def _invite(self, target: Target, callee_aor: str, max_forwards: int, body: bytes) -> Request:
-        a = self.incoming.request
-        caller = a.from_
-        headers = Headers()
-        headers.add("Max-Forwards", str(max_forwards))
-        # The caller's identity, our tag: leg B is a dialog of our own (§12.1.2).
-        headers.add("From", str(NameAddr(caller.uri, caller.display, (("tag", new_tag()),))))
-        headers.add("To", f"<{callee_aor}>")
-        headers.add("Call-ID", f"{secrets.token_hex(12)}@softswitch")
-        headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", self.endpoint.contact_for(target.peer))
-        headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE")
         content_type = a.headers.get("Content-Type")
-        if body and content_type is not None:
-            headers.add("Content-Type", content_type)
-        return Request("INVITE", target.uri, headers, body)
 
-    def _on_fork_response(self, fork: Fork, response: Response) -> None:
-        status = response.status
-        if status < 200:
-            if status > 100 and self.state in (CallState.TRYING, CallState.RINGING):
-                self.state = CallState.RINGING
-                try:
-                    early = self.media.answer(response.body) if _is_sdp(response) else b""
-                except ParseError as exc:
-                    log.info("bad SDP in a provisional response", call_id=self.id, error=str(exc))
-                    early = b""
-                self._respond_a(status, response.reason, early)
-                self._emit(CCEventRing(status))
-            return
-        fork.final = status
-        if status >= 300:
-            self._after_fork_failure()
-            return
-        dialog = Dialog.uac(fork.request, response)
-        ack = dialog.ack(fork.request.cseq.number)
+        def fork(target: Target) -> Fork:
+            # A gateway says who calls with the tenant's caller ID, not the extension.
+            caller = a.from_ if target.from_uri is None else NameAddr(parse_uri(target.from_uri))
+            request = invite(
+                self.endpoint,
+                target,
+                caller,
+                callee_aor,
+                max_forwards=max_forwards,
+                body=offer,
+                content_type=content_type,
+            )
+            return Fork(target, request)  # fmt: skip
+
+        forks = [fork(target) for target in targets]
+        self._emit(CCEventTry(caller, callee_aor, len(forks)))
+        self.leg_b.start(forks, failover=[fork(target) for target in failover])
+
+    @property
+    def forks(self) -> list[Fork]:
+        return self.leg_b.forks
+
+    @property
+    def answered_by(self) -> Dialog | None:
+        """The dialog of the callee's phone that answered (leg B may change hands later)."""
+        return self.leg_b.dialog
+
+    def _on_ring(self, response: Response) -> None:
         if self.state not in (CallState.TRYING, CallState.RINGING):
-            # A second fork answered (or the caller left) before its CANCEL arrived.
-            self.endpoint.send_ack(ack, fork.target.peer)
-            self.endpoint.send_request(dialog.request("BYE"), fork.target.peer, _ignore)
             return
+        self.state = CallState.RINGING
+        try:
+            early = self.media.answer(response.body) if _is_sdp(response) else b""
+        except ParseError as exc:
+            log.info("bad SDP in a provisional response", call_id=self.id, error=str(exc))
+            early = b""
+        self._respond_a(response.status, response.reason, early)
+        self._emit(CCEventRing(response.status))
+
+    def _on_answer(self, fork: Fork, dialog: Dialog, response: Response) -> None:
+        ack = dialog.ack(fork.request.cseq.number)
         late = not fork.request.body and _is_sdp(response)
         try:
             answer = self.media.answer(response.body) if _is_sdp(response) else b""
@@ -231,8 +257,7 @@ class Call:
             # ACK first), and the caller hears a failure.
             log.info("bad SDP from the callee", call_id=self.id, error=str(exc))
             self.endpoint.send_ack(ack, fork.target.peer)
-            self.endpoint.send_request(dialog.request("BYE"), fork.target.peer, _ignore)
-            self._cancel_forks()
+            self.endpoint.send_request(dialog.request("BYE"), fork.target.peer, ignore)
             self._fail(500, "Bad SDP from the callee")
             return
         if late:
@@ -244,13 +269,9 @@ class Call:
         self._connect(fork, dialog, answer)
 
     def _connect(self, winner: Fork, dialog: Dialog, answer: bytes) -> None:
-        self._stop_timer()
         self.state = CallState.CONNECTED
         self.b_dialog, self.b_peer = dialog, winner.target.peer
         self.dialogs[dialog.id] = self
-        for fork in self.forks:
-            if fork is not winner and fork.final is None and fork.txn is not None:
-                self.endpoint.cancel(fork.txn, REASON_ELSEWHERE)
         ok = self._respond_a(200, "OK", answer)
         a = self.incoming
         contact = self.endpoint.contact_for(a.peer)
@@ -259,45 +280,26 @@ class Call:
         self._emit(CCEventConnect())
         if not a.peer.reliable:
             self._a_ok = ok
-            self._retransmit_ok(T1, 0.0)
-
-    def _after_fork_failure(self) -> None:
-        if self.state not in (CallState.TRYING, CallState.RINGING):
-            return
-        finals = [fork.final for fork in self.forks]
-        if any(status is None for status in finals):
-            return
-        status = best_failure([s for s in finals if s is not None])
-        self._fail(status, "")
+            self._retransmit_ok(self.endpoint.t1, 0.0)
 
     def _fail(self, status: int, reason: str) -> None:
-        self._stop_timer()
+        if self.state not in (CallState.TRYING, CallState.RINGING):
+            return
+        self.leg_b.stop()
         self.state = CallState.FAILED
         response = self._respond_a(status, reason or None)
         self._emit(CCEventFail(status, response.reason))
         self._end()
 
-    def _on_ring_timeout(self) -> None:
-        self._timer = None
-        if self.state in (CallState.TRYING, CallState.RINGING):
-            self._cancel_forks()
-            self._fail(480, "No Answer")
-
     def _on_cancel(self, cancel: Request) -> None:
         """The caller's CANCEL (§9.2): cancel every fork, 487 to the INVITE."""
         if self.state not in (CallState.TRYING, CallState.RINGING):
             return
-        self._stop_timer()
-        self._cancel_forks()
+        self.leg_b.stop()
         self.state = CallState.CANCELLED
         response = self._respond_a(487, None)
         self._emit(CCEventFail(487, response.reason))
         self._end()
-
-    def _cancel_forks(self) -> None:
-        for fork in self.forks:
-            if fork.final is None and fork.txn is not None:
-                self.endpoint.cancel(fork.txn)
 
     def _respond_a(self, status: int, reason: str | None, sdp: bytes = b"") -> Response:
         """Our response to the caller's INVITE, with ``sdp`` already rewritten for it."""
@@ -321,7 +323,7 @@ class Call:
         self._timer = None
         if self._a_ok is None or self.state is not CallState.CONNECTED:
             return
-        if waited >= 64 * T1:
+        if waited >= 64 * self.endpoint.t1:
             # 64*T1 without an ACK: the caller is gone; end the call (§13.3.1.4)
             log.info("no ACK from the caller", call_id=self.id)
             self._hang_up(None)
@@ -331,6 +333,12 @@ class Call:
         self._retransmit_ok(min(2 * interval, T2), waited)
 
     def on_ack(self, request: Request, dialog_id: DialogId) -> None:
+        unacked = self.unacked.get(dialog_id)
+        if unacked is not None:
+            unacked.acked()
+            return
+        if dialog_id in self.departed:
+            return
         side = self._side_of(dialog_id)
         number = request.cseq.number
         first = number == self.incoming.request.cseq.number
@@ -372,7 +380,7 @@ class Call:
     def on_2xx_again(self, response: Response, dialog_id: DialogId) -> None:
         """A retransmitted 2xx: our ACK was lost; send it again (§13.2.2.4)."""
         reinvite = self._reinvite
-        if self.state is not CallState.CONNECTED:
+        if self.state is not CallState.CONNECTED or dialog_id in self.departed:
             return
         side = self._side_of(dialog_id)
         if reinvite is not None and reinvite.ack_cseq == response.cseq.number:
@@ -387,7 +395,7 @@ class Call:
     def on_request(self, incoming: ServerRequest, dialog_id: DialogId) -> None:
         """The same request in the other leg; its response comes back to the sender."""
         request = incoming.request
-        if self.state is not CallState.CONNECTED:
+        if self.state is not CallState.CONNECTED or dialog_id in self.departed:
             incoming.respond(request.response(481, None, incoming.to_tag))
             return
         side = self._side_of(dialog_id)
@@ -462,7 +470,7 @@ class Call:
             return
         reinvite.ok, reinvite.ack_cseq = ours, response.cseq.number
         if not incoming.peer.reliable:
-            self._resend_reinvite_ok(reinvite, T1, 0.0)
+            self._resend_reinvite_ok(reinvite, self.endpoint.t1, 0.0)
 
     def _resend_reinvite_ok(self, reinvite: Reinvite, interval: float, waited: float) -> None:
         """Our 2xx to a re-INVITE until its ACK (§13.3.1.4), as for the first INVITE."""
@@ -475,7 +483,7 @@ class Call:
         reinvite.timer = None
         if self._reinvite is not reinvite or reinvite.ok is None:
             return
-        if waited >= 64 * T1:
+        if waited >= 64 * self.endpoint.t1:
             log.info("no ACK for a re-INVITE", call_id=self.id)
             self._hang_up(None)  # §14.2: no ACK for a re-INVITE's 2xx ends the dialog
             return
@@ -484,14 +492,63 @@ class Call:
         self._resend_reinvite_ok(reinvite, min(2 * interval, T2), waited)
 
     def _side_of(self, dialog_id: DialogId) -> Side:
-        return Side.A if self.a_dialog is not None and dialog_id == self.a_dialog.id else Side.B
+        return self.side_of(dialog_id) or Side.B
 
     def _leg(self, side: Side) -> tuple[Dialog, Peer]:
-        dialog, peer = (
-            (self.a_dialog, self.incoming.peer) if side is Side.A else (self.b_dialog, self.b_peer)
-        )
+        dialog, peer = self.leg_of(side)
         assert dialog is not None and peer is not None  # both exist once CONNECTED
         return dialog, peer
+
+    def leg_of(self, side: Side) -> tuple[Dialog | None, Peer | None]:
+        """The dialog of ``side``'s phone and where its requests go."""
+        return (self.a_dialog, self.a_peer) if side is Side.A else (self.b_dialog, self.b_peer)
+
+    def side_of(self, dialog_id: DialogId) -> Side | None:
+        """The side whose phone is in ``dialog_id`` now; None for a departed transferor."""
+        for side in Side:
+            dialog, _ = self.leg_of(side)
+            if dialog is not None and dialog.id == dialog_id:
+                return side
+        return None
+
+    # -- transfer (switch.b2bua.transfer) -------------------------------------
+
+    def replace_leg(
+        self, side: Side, dialog: Dialog, peer: Peer
+    ) -> tuple[Dialog | None, Peer | None]:
+        """``dialog`` takes the place of ``side``'s leg; the old leg is returned, unindexed."""
+        old = self.leg_of(side)
+        if old[0] is not None:
+            self.dialogs.pop(old[0].id, None)
+        if side is Side.A:
+            self.a_dialog, self.a_peer = dialog, peer
+        else:
+            self.b_dialog, self.b_peer = dialog, peer
+        self.dialogs[dialog.id] = self
+        return old
+
+    def transferred(self, record: TransferRecord) -> None:
+        """A transfer of ``record.side`` succeeded (the new party is in) or failed."""
+        replaced = self.users.get(record.side, "")
+        if record.status == 200:
+            self.users[record.side] = record.target
+        self._emit(CCEventTransfer(record.kind.value, record.side, record.by, replaced,
+                                   record.target, record.status or 0))  # fmt: skip
+
+    def hand_over(self, keep: Side) -> tuple[Dialog, Peer]:
+        """Give ``keep``'s leg to another call (attended transfer) and end this one:
+        BYE to the other side, the transferor, whose transfer this is."""
+        leg = self._leg(keep)
+        self.dialogs.pop(leg[0].id, None)
+        if keep is Side.A:
+            self.a_dialog = None
+        else:
+            self.b_dialog = None
+        self._hang_up(_other(keep), transferred=True, bye=True)
+        return leg
+
+    def hang_up(self, by: Side | None) -> None:
+        self._hang_up(by)
 
     def _rewrite(self, side: Side) -> Callable[[bytes], bytes]:
         """SDP from the phone of ``side`` as the other phone must see it."""
@@ -500,36 +557,54 @@ class Call:
     # -- tearing down --------------------------------------------------------
 
     def on_bye(self, incoming: ServerRequest, dialog_id: DialogId) -> None:
-        by = Side.A if self.a_dialog is not None and dialog_id == self.a_dialog.id else Side.B
-        dialog = self.a_dialog if by is Side.A else self.b_dialog
-        assert dialog is not None
+        departed = self.departed.get(dialog_id)
+        if departed is not None:
+            departed.on_bye(incoming)
+            return
+        by = self.side_of(dialog_id)
+        dialog, _ = self.leg_of(by) if by is not None else (None, None)
+        if by is None or dialog is None:
+            incoming.respond(incoming.request.response(481, None, incoming.to_tag))
+            return
         status = dialog.receive_request(incoming.request)
         incoming.respond(incoming.request.response(status or 200, None, incoming.to_tag))
-        if status is None:
-            self._hang_up(by)
+        if status is not None:
+            return
+        transfer = self.transfer
+        if transfer is not None and transfer.side is by and not transfer.transferor_left:
+            # The transferor hangs up while its target rings: the transferee waits for it.
+            transfer.on_transferor_bye()
+            self.dialogs.pop(dialog_id, None)
+            return
+        self._hang_up(by)
 
     def media_timeout(self) -> None:
         """The relay saw no RTP for too long: the phones are gone or cut off."""
         self._hang_up(None)
 
-    def _hang_up(self, by: Side | None) -> None:
-        """End both legs: BYE to each side that did not hang up itself."""
+    def _hang_up(self, by: Side | None, *, transferred: bool = False, bye: bool = False) -> None:
+        """End both legs: BYE to each side that did not hang up itself (``bye``: to all)."""
         if self.state is not CallState.CONNECTED:
             return
         self._stop_timer()
         self.state = CallState.DISCONNECTED
+        transfer = self.transfer
+        if transfer is not None:
+            transfer.abort()
+            if transfer.transferor_left:
+                by = by if by is not None else transfer.side  # nobody to BYE there
         if self._b_ack is not None and self.b_dialog is not None and self.b_peer is not None:
             # no answer came from the caller; §13.2.2.4 still wants the 2xx ACKed before BYE
             self.endpoint.send_ack(self.b_dialog.ack(self._b_ack), self.b_peer)
             self._b_ack = None
-        legs = {Side.A: (self.a_dialog, self.incoming.peer), Side.B: (self.b_dialog, self.b_peer)}
-        for side, (dialog, peer) in legs.items():
+        for side in Side:
+            dialog, peer = self.leg_of(side)
             if dialog is None or peer is None:
                 continue
-            if side is not by:
-                self.endpoint.send_request(dialog.request("BYE"), peer, _ignore)
+            if side is not by or bye:
+                self.endpoint.send_request(dialog.request("BYE"), peer, ignore)
             dialog.terminate()
-        self._emit(CCEventDisconnect(by))
+        self._emit(CCEventDisconnect(by, transferred))
         self._end()
 
     def _end(self) -> None:
@@ -544,6 +619,10 @@ class Call:
         for dialog in (self.a_dialog, self.b_dialog):
             if dialog is not None:
                 self.dialogs.pop(dialog.id, None)
+        for departed in list(self.departed.values()):
+            departed.bye()
+        for unacked in list(self.unacked.values()):
+            unacked.acked()
         self.media.close()
 
     def _stop_timer(self) -> None:
@@ -558,23 +637,6 @@ class Call:
         return f"<Call {self.id} {self.state.value}>"
 
 
-def best_failure(statuses: list[int]) -> int:
-    """The final response for the caller when every fork failed (after §16.7 step 6).
-
-    A 6xx is definitive; a busy phone says more than an unreachable one; else
-    the lowest class wins, a 408 (no response at all) only when nothing else came.
-    """
-    if not statuses:
-        return 480
-    six = [s for s in statuses if s >= 600]
-    if six:
-        return min(six)
-    if 486 in statuses:
-        return 486
-    answered = [s for s in statuses if s != 408]
-    return min(answered) if answered else 408
-
-
 def _other(side: Side) -> Side:
     return Side.B if side is Side.A else Side.A
 
@@ -582,7 +644,3 @@ def _other(side: Side) -> Side:
 def _is_sdp(message: Request | Response) -> bool:
     content_type = message.headers.get("Content-Type") or ""
     return bool(message.body) and content_type.split(";")[0].strip().lower() == "application/sdp"
-
-
-def _ignore(response: Response) -> None:
-    """Responses to a BYE of ours: the call is over whatever they say (§15.1.1)."""

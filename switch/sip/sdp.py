@@ -23,6 +23,8 @@ STATIC_PAYLOADS = {
     "18": ("G729", 8000),
 }
 
+_NOT_VOICE = frozenset({"TELEPHONE-EVENT", "CN"})
+
 
 class SdpError(ParseError):
     """An SDP body we cannot act on; a request carrying it gets 400 (or 488)."""
@@ -78,6 +80,19 @@ class Media:
         """Encoding names in the offered order (upper-case)."""
         rtpmap = self.rtpmap()
         return [rtpmap[pt][0].upper() for pt in self.formats if pt in rtpmap]
+
+    def voice_codec(self) -> tuple[str, int] | None:
+        """The first format that carries the voice: (encoding name, clock rate).
+
+        In an answer that is the codec both phones send (RFC 3264 §6.1); telephone-event
+        (RFC 4733) and comfort noise (RFC 3389) only ride along.
+        """
+        rtpmap = self.rtpmap()
+        for pt in self.formats:
+            name, rate = rtpmap.get(pt, ("", 0))
+            if name and name.upper() not in _NOT_VOICE:
+                return name.upper(), rate
+        return None
 
     def own_direction(self) -> str | None:
         for kind, value in self.lines:

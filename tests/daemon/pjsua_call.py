@@ -10,6 +10,17 @@ the other side to hang up. It prints JSON lines on stdout:
 
 and exits 0 when the call was confirmed and then disconnected. Every wait is
 bounded by --timeout; pjsip's own log goes to --log.
+
+Transfer: with ``--answer --xfer URI`` the phone answers, then transfers the
+call blind (``Call.xfer``: REFER) to URI; with ``--xfer-replaces URI`` it calls
+URI itself and transfers the first call to that second one (``xferReplaces``:
+REFER with Replaces). It reports each NOTIFY as {"xfer": code, "final": bool}
+and, as pjsua's own application does, hangs up the transferred call on a 2xx
+(unless ``--stay``). ``--busy`` answers 486; ``--ring-only`` answers 180 and
+never 200 (a phone nobody picks up). A caller with ``--wait-word`` hangs up
+when a line "hangup" comes on stdin (or after --talk seconds). A caller with
+``--expect CODE`` expects its call to fail with that status, unanswered
+(``--cancel-after S``: it gives up itself after S s, a CANCEL, so 487).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import threading
 import time
 
 import pjsua2 as pj
+from pjsua_phone import wait_for_word  # the folder of this script is on sys.path
 
 # pjsua2 2.14's Call destructor asserts when its call is already gone (after a
 # hangup, or libDestroy): the objects are kept to the end and the process
@@ -35,12 +47,14 @@ def say(**fields: object) -> None:
 
 class Call(pj.Call):  # type: ignore[misc]
     report_media = False  # --hold: print each change of the audio stream's status
+    stay = False  # --stay: keep the call after a successful transfer
 
     def __init__(self, account: pj.Account, call_id: int = -1) -> None:
         super().__init__(account, call_id)
         self.confirmed = threading.Event()
         self.disconnected = threading.Event()
         self.media_status = ""
+        self.code = 0  # the last status code when disconnected
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         try:
@@ -54,6 +68,15 @@ class Call(pj.Call):  # type: ignore[misc]
         except Exception as exc:
             say(state="error", error=repr(exc))
 
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
+        try:
+            code, final = int(prm.statusCode), bool(prm.finalNotify)
+            say(xfer=code, final=final)
+            if final and 200 <= code < 300 and not self.stay:
+                self.hangup(pj.CallOpParam())
+        except Exception as exc:
+            say(state="error", error=repr(exc))
+
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         try:
             info = self.info() if callable(self.info) else self.info  # a property here
@@ -61,7 +84,8 @@ class Call(pj.Call):  # type: ignore[misc]
                 say(state="confirmed")
                 self.confirmed.set()
             elif info.state == pj.InvState.DISCONNECTED:
-                say(state="disconnected", code=int(info.lastStatusCode))
+                self.code = int(info.lastStatusCode)
+                say(state="disconnected", code=self.code)
                 self.disconnected.set()
         except Exception as exc:  # an exception escaping into pjsip's thread aborts
             say(state="error", error=repr(exc))
@@ -73,6 +97,8 @@ class Account(pj.Account):  # type: ignore[misc]
         self.registered = threading.Event()
         self.calls: list[Call] = []
         self.incoming = threading.Event()
+        self.busy = False
+        self.ring_only = False
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
         if int(prm.code) == 200 and int(prm.expiration) > 0:
@@ -86,8 +112,11 @@ class Account(pj.Account):  # type: ignore[misc]
             ringing = pj.CallOpParam(True)
             ringing.statusCode = pj.StatusCode.RINGING
             call.answer(ringing)
+            self.incoming.set()
+            if self.ring_only:
+                return
             ok = pj.CallOpParam(True)
-            ok.statusCode = pj.StatusCode.OK
+            ok.statusCode = pj.StatusCode.BUSY_HERE if self.busy else pj.StatusCode.OK
             call.answer(ok)
             self.incoming.set()
         except Exception as exc:
@@ -108,8 +137,18 @@ def main() -> int:
     parser.add_argument(
         "--hold", action="store_true", help="report hold states; a caller holds, then resumes"
     )
+    parser.add_argument("--xfer", help="answer, then transfer the call to this URI (blind)")
+    parser.add_argument("--xfer-replaces", help="answer, call this URI, then transfer (attended)")
+    parser.add_argument("--xfer-after", type=float, default=1.0)
+    parser.add_argument("--stay", action="store_true", help="no hangup after a transfer")
+    parser.add_argument("--busy", action="store_true", help="answer 486 Busy Here")
+    parser.add_argument("--wait-word", action="store_true", help='hang up on "hangup" (stdin)')
+    parser.add_argument("--ring-only", action="store_true", help="answer 180, never 200")
+    parser.add_argument("--expect", type=int, help="the caller's call must fail with this code")
+    parser.add_argument("--cancel-after", type=float, help="the caller gives up after S s")
     args = parser.parse_args()
     Call.report_media = args.hold
+    Call.stay = args.stay
 
     ep = pj.Endpoint()
     ep.libCreate()
@@ -136,6 +175,7 @@ def main() -> int:
         pj.AuthCredInfo("digest", args.domain, args.user, 0, args.password)
     )
     account = Account()
+    account.busy, account.ring_only = args.busy, args.ring_only
     KEEP.append(account)
     ok = False
     try:
@@ -149,10 +189,19 @@ def main() -> int:
             account.calls.append(call)
             KEEP.append(call)
             call.makeCall(args.call, pj.CallOpParam(True))
+            if args.expect is not None:
+                if args.cancel_after is not None and not call.disconnected.wait(args.cancel_after):
+                    call.hangup(pj.CallOpParam())  # not answered yet: a CANCEL
+                ended = call.disconnected.wait(args.timeout * 3)
+                ok = ended and call.code == args.expect and not call.confirmed.is_set()
+                return 0 if ok else 1
             if not call.confirmed.wait(args.timeout):
                 say(state="not-confirmed")
                 return 1
-            time.sleep(args.talk)
+            if args.wait_word:
+                wait_for_word("hangup", args.talk)
+            else:
+                time.sleep(args.talk)
             if args.hold:
                 call.setHold(pj.CallOpParam(True))  # re-INVITE with a=sendonly
                 time.sleep(args.talk)
@@ -164,9 +213,27 @@ def main() -> int:
         elif not account.incoming.wait(args.timeout * 2):
             say(state="no-call")
             return 1
+        elif args.xfer or args.xfer_replaces:
+            first = account.calls[0]
+            if not first.confirmed.wait(args.timeout):
+                say(state="not-confirmed")
+                return 1
+            time.sleep(args.xfer_after)
+            if args.xfer:
+                first.xfer(args.xfer, pj.CallOpParam(True))
+            else:
+                second = Call(account)
+                account.calls.append(second)
+                KEEP.append(second)
+                second.makeCall(args.xfer_replaces, pj.CallOpParam(True))
+                if not second.confirmed.wait(args.timeout):
+                    say(state="not-confirmed")
+                    return 1
+                time.sleep(args.xfer_after)
+                first.xferReplaces(second, pj.CallOpParam(True))
         calls = account.calls
-        ok = all(c.disconnected.wait(args.timeout) for c in calls) and all(
-            c.confirmed.is_set() for c in calls
+        ok = all(c.disconnected.wait(args.timeout * 3) for c in calls) and all(
+            c.confirmed.is_set() or args.busy or args.ring_only for c in calls
         )
     finally:
         account.shutdown()

@@ -43,6 +43,7 @@ class SipClient:
         *,
         host: str = "127.0.0.1",
         local_host: str = "127.0.0.1",
+        local_port: int = 0,
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
     ) -> None:
@@ -51,9 +52,11 @@ class SipClient:
         self.framer = StreamFramer()
         if transport == "udp":
             self.sock: socket.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind((local_host, 0))
+            self.sock.bind((local_host, local_port))
         else:
-            raw = socket.create_connection(self.server, timeout=5, source_address=(local_host, 0))
+            raw = socket.create_connection(
+                self.server, timeout=5, source_address=(local_host, local_port)
+            )
             if transport == "tls":
                 assert tls is not None
                 raw = tls.wrap_socket(raw, server_hostname=server_hostname)

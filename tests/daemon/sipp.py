@@ -60,6 +60,8 @@ def run_sipp(
     rate: int = 10,
     timeout: float = 15.0,
     recv_timeout_ms: int | None = None,
+    media_port: int | None = None,
+    messages: Path | None = None,
 ) -> SippResult:
     """Run one scenario from tests/daemon/scenarios for `calls` calls and wait for it."""
     assert SIPP is not None, "sipp is not installed"
@@ -85,8 +87,12 @@ def run_sipp(
         command += ["-inf", str(users_file(folder, users))]
     for name, value in (keys or {}).items():
         command += ["-key", name, value]
+    if media_port is not None:  # where its RTP (rtp_stream) leaves from and [media_port]
+        command += ["-mi", local_ip, "-mp", str(media_port)]
     if recv_timeout_ms is not None:
         command += ["-recv_timeout", str(recv_timeout_ms)]
+    if messages is not None:  # every message sipp sent and received, for the test to read
+        command += ["-trace_msg", "-message_file", str(messages)]
     try:
         done = subprocess.run(
             command, cwd=folder, capture_output=True, timeout=timeout + 10, check=False

@@ -149,3 +149,18 @@ def test_pjsua_phone_holds_and_resumes(daemon: Daemon, work: Path) -> None:
     assert alice.returncode == 0 and bob.returncode == 0, (alice_out, bob_out)
     (disconnect,) = daemon.events_named("CCEventDisconnect")
     assert disconnect["by"] == "caller"
+
+
+def test_reinvite_glare_the_second_offer_gets_491_and_the_first_completes(
+    daemon: Daemon, work: Path
+) -> None:
+    # RFC 3261 §14.1: while the callee's re-INVITE waits for the caller's answer, the
+    # caller's own re-INVITE must get 491 Request Pending, and the first one still succeed.
+    port = register_callee(daemon, work)
+    with callee(daemon, work, "call_uas_glare.xml", port) as uas:
+        caller = call(daemon, work, "call_uac_glare.xml")
+    assert ok(caller), caller
+    assert ok(uas[0]), uas[0]
+    assert daemon.metric("softswitch_sip_responses_total", code="491") == 1
+    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    assert disconnect["by"] == "caller"

@@ -39,12 +39,14 @@ def register_callee(daemon: Daemon, work: Path) -> int:
 
 
 @contextmanager
-def callee(daemon: Daemon, work: Path, scenario: str, port: int) -> Iterator[list[SippResult]]:
+def callee(
+    daemon: Daemon, work: Path, scenario: str, port: int, **kw: Any
+) -> Iterator[list[SippResult]]:
     """sipp as the UAS of ``scenario`` on ``port``, in the background for one call."""
     results: list[SippResult] = []
 
     def run() -> None:
-        results.append(run_sipp(scenario, daemon.sip_port, work, local_port=port, timeout=20))
+        results.append(run_sipp(scenario, daemon.sip_port, work, local_port=port, timeout=20, **kw))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -54,8 +56,17 @@ def callee(daemon: Daemon, work: Path, scenario: str, port: int) -> Iterator[lis
     assert results, "the callee's sipp did not finish"
 
 
-def call(daemon: Daemon, work: Path, scenario: str, **kw: Any) -> SippResult:
-    return run_sipp(scenario, daemon.sip_port, work, users=[CALLER], keys={"callee": "102"}, **kw)
+def call(
+    daemon: Daemon,
+    work: Path,
+    scenario: str,
+    callee: str = "102",
+    keys: dict[str, str] | None = None,
+    **kw: Any,
+) -> SippResult:
+    """sipp as 101 calling ``callee`` with ``scenario`` (more -key values in ``keys``)."""
+    keys = {"callee": callee, **(keys or {})}
+    return run_sipp(scenario, daemon.sip_port, work, users=[CALLER], keys=keys, **kw)
 
 
 def require_module(name: str) -> None:

@@ -385,3 +385,22 @@ async def test_a_loop_through_the_relay_is_never_learned(
     other_b.send(rtp(1, 160), rtp_port(other, Side.B))  # relayed to session A's port...
     await until(lambda: session.stats().a.foreign_packets == 1)  # ...and refused there
     assert await b.silent()
+
+
+async def test_joined_legs_count_in_on_and_out_afresh(
+    make_relay: MakeRelay, phones: Phones
+) -> None:
+    relay = make_relay()
+    first, a, _ = await call(relay, phones)
+    second, _, c = await call(relay, phones)
+    for seq in range(3):  # A talks in its first call, C in its own
+        a.send(rtp(seq, seq * 160, ssrc=0xA), rtp_port(first, Side.A))
+        c.send(rtp(seq, seq * 160, ssrc=0xC), rtp_port(second, Side.B))
+    await until(lambda: first.stats().a.packets_in == 3 and second.stats().b.packets_in == 3)
+    joined = first.join(Side.A, second, Side.B)  # A and C now talk to each other
+    c.send(rtp(3, 480, ssrc=0xC), rtp_port(second, Side.B))
+    assert (await a.recv())[0] == rtp(3, 480, ssrc=0xC)
+    stats = joined.stats()
+    assert (stats.a.packets_in, stats.b.packets_in) == (3, 4)  # "in" counts on
+    assert (stats.a.packets_out, stats.a.bytes_out) == (1, 172)  # "out" from the join only
+    assert (stats.b.packets_out, stats.b.bytes_out) == (0, 0)

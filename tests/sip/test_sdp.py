@@ -40,6 +40,25 @@ def test_codecs_in_offered_order_and_rtpmap() -> None:
     assert audio.rtpmap()["101"] == ("telephone-event", 8000)
 
 
+@pytest.mark.parametrize(
+    ("formats", "rtpmaps", "voice"),
+    [
+        (b"8 0 101", b"", ("PCMA", 8000)),
+        (b"101 13 0", b"a=rtpmap:101 telephone-event/8000\r\na=rtpmap:13 CN/8000\r\n",
+         ("PCMU", 8000)),
+        (b"96 0", b"a=rtpmap:96 opus/48000/2\r\n", ("OPUS", 48000)),
+        (b"101", b"a=rtpmap:101 telephone-event/8000\r\n", None),
+        (b"97", b"", None),  # a dynamic type without rtpmap names nothing
+    ],
+)  # fmt: skip
+def test_voice_codec_skips_events_and_comfort_noise(
+    formats: bytes, rtpmaps: bytes, voice: tuple[str, int] | None
+) -> None:
+    body = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+    (audio,) = parse_sdp(body + b"m=audio 4000 RTP/AVP " + formats + b"\r\n" + rtpmaps).media
+    assert audio.voice_codec() == voice
+
+
 def test_relay_rewrite_changes_only_address_and_port() -> None:
     sdp = parse_sdp(OFFER)
     sdp.connection = Connection("127.0.0.1")
