@@ -3,11 +3,12 @@
 Offers N bidirectional G.711 calls (50 packets/s each way, 172-byte RTP packets) through a
 relay and finds the largest N it carries with < 0.1 % packet loss; reports packets/s, the
 relay's CPU, and the latency it adds. The same load runs through rtpengine (userspace, one
-worker thread, driven over its ng control protocol) in the same run, and the generator's own
-ceiling (generator -> echo -> generator, no relay) is shown beside them. README.md, section
-"media_relay.py", explains the method and the columns.
+worker thread, driven over its ng control protocol) in the same run, and so does the "floor"
+relay (one recv and one send per packet from Python and nothing else: the ceiling of our
+relay's design); the generator's own ceiling (generator -> echo -> generator, no relay) is
+shown beside them. README.md, section "media_relay.py", explains the method and the columns.
 
-    python bench/media_relay.py            # about 5 minutes
+    python bench/media_relay.py            # about 8 minutes on an idle machine
     python bench/media_relay.py --quick    # about 1 minute, short steps: not the final figure
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import media_relay_load as load
 from media_relay_load import Point
-from media_relay_targets import Echo, Rtpengine, Softswitch, Target
+from media_relay_targets import Echo, Floor, Rtpengine, Softswitch, Target
 
 LATENCY_CALLS = 500  # the latency target is stated at 500 calls
 LOSS_LIMIT = 0.001
@@ -174,7 +175,11 @@ def _print_profile(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short steps (~1 minute)")
-    parser.add_argument("--relays", default="softswitch,rtpengine")
+    parser.add_argument(
+        "--relays",
+        default="softswitch,rtpengine,floor",
+        help="relays to measure, in order (softswitch, rtpengine, floor)",
+    )
     parser.add_argument("--duration", type=float, help="seconds of the figures (default 20)")
     parser.add_argument("--step", type=float, help="seconds per search step (default 4)")
     parser.add_argument("--refine", type=int, help="bisection steps (default 3)")
@@ -215,13 +220,15 @@ def main() -> None:
     for name in args.relays.split(","):
         if name == "softswitch":
             target: Target = Softswitch(relay_core, args.verbose)
+        elif name == "floor":
+            target = Floor(relay_core, args.verbose)
         elif name == "rtpengine":
             if not Rtpengine.available():
                 print("\nrtpengine: not installed (apt-get install rtpengine-daemon); skipped")
                 continue
             target = Rtpengine(relay_core, args.verbose)
         else:
-            raise SystemExit(f"unknown relay {name!r} (softswitch, rtpengine)")
+            raise SystemExit(f"unknown relay {name!r} (softswitch, rtpengine, floor)")
         results.append(bench.relay(target, direct500))
 
     print("\nsummary")
@@ -256,13 +263,17 @@ def main() -> None:
             f"    at {LATENCY_CALLS} calls: latency added over the direct path p50 "
             f"{added[0] / 1000:.3f} ms, p99 {added[1] / 1000:.3f} ms; CPU {at500.relay_cpu:.0f}%"
         )
-    if "softswitch" in figures and "rtpengine" in figures:
-        ours, theirs = figures["softswitch"], figures["rtpengine"]
-        print(
-            f"  softswitch / rtpengine: {ours.calls / theirs.calls:.2f}x calls at < 0.1 % loss "
-            f"(target >= 1.3x); CPU per packet "
-            f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(theirs):.1f} us"
-        )
+    for other, note in (
+        ("rtpengine", "(target >= 1.3x)"),
+        ("floor", "(the floor: one recv and one send per packet from Python, nothing else)"),
+    ):
+        if "softswitch" in figures and other in figures:
+            ours, theirs = figures["softswitch"], figures[other]
+            print(
+                f"  softswitch / {other}: {ours.calls / theirs.calls:.2f}x calls at < 0.1 % loss "
+                f"{note}; CPU per packet "
+                f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(theirs):.1f} us"
+            )
     print(f"\n({time.monotonic() - started:.0f} s) reproduce: cd {Path.cwd()} && {_command()}")
 
 

@@ -2,6 +2,7 @@
 
     media_relay_server.py relay [--port-min P --port-max P]   softswitch's media.Relay
     media_relay_server.py echo                                 the generator's reflector
+    media_relay_server.py floor [--port-min P --port-max P]    the least a Python relay does
 
 relay: the daemon's setting (one asyncio loop, uvloop when installed, `media.Relay` with
 latching and counters on) driven by JSON lines on stdin, one answer line each on stdout:
@@ -14,6 +15,12 @@ latching and counters on) driven by JSON lines on stdin, one answer line each on
 echo: two sockets that send every datagram back to its sender in recvmmsg/sendmmsg batches:
 no Python per packet, so generator -> echo -> generator shows what the generator and the
 kernel manage without a relay. Prints {"ports": [a, b]} and runs until stdin closes.
+
+floor: the same "calls" protocol as relay, but each leg's port is one socket connected to the
+phone and every packet is `recv_into` a shared buffer and `send` on the other leg's socket
+from a bare epoll loop: no latching, no counters, no asyncio. It is the ceiling of any relay
+that makes one receive and one send system call per packet from Python on this machine (the
+design of `media.forward`), so the bench shows how far the real relay is from it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import logging
 import os
 import resource
 import select
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
@@ -63,6 +72,67 @@ def run_echo() -> None:
                 receiver.echo(n)
                 if n < receiver.batch:
                     break
+
+
+def _bind_from(port: int) -> tuple[socket.socket, int]:
+    """A UDP socket on 127.0.0.1 at the first free even port from `port`, and the next one."""
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            port += 2
+            continue
+        sock.setblocking(False)
+        return sock, port + 2
+
+
+def run_floor(args: argparse.Namespace) -> None:
+    buf = bytearray(65536)
+    view = memoryview(buf)
+    poll = select.epoll()
+    stdin = sys.stdin.fileno()
+    poll.register(stdin, select.EPOLLIN)
+    # fd -> (receive on this leg's socket, send on the other leg's)
+    route: dict[int, tuple[Callable[[bytearray], int], Callable[[memoryview], int]]] = {}
+    keep: list[socket.socket] = []
+    next_port = args.port_min
+    pending = b""
+    _reply({"ready": True, "loop": "epoll"})
+    while True:
+        for fd, _ in poll.poll(-1, 256):
+            if fd != stdin:
+                rx, tx = route[fd]
+                try:
+                    n = rx(buf)
+                    tx(view[:n])
+                except OSError:
+                    pass
+                continue
+            chunk = os.read(stdin, 65536)
+            if not chunk:
+                return
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                request = json.loads(line)
+                if request["op"] != "calls":
+                    _reply({})
+                    continue
+                ports = []
+                for _ in range(request["n"]):
+                    a, next_port = _bind_from(next_port)
+                    b, next_port = _bind_from(next_port)
+                    a.connect(tuple(request["a"]))
+                    b.connect(tuple(request["b"]))
+                    route[a.fileno()] = (a.recv_into, b.send)
+                    route[b.fileno()] = (b.recv_into, a.send)
+                    for sock in (a, b):
+                        keep.append(sock)
+                        poll.register(sock.fileno(), select.EPOLLIN)
+                    ports.append([a.getsockname()[1], b.getsockname()[1]])
+                _reply({"ports": ports})
 
 
 async def run_relay(args: argparse.Namespace) -> None:
@@ -114,13 +184,16 @@ async def run_relay(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["relay", "echo"])
+    parser.add_argument("mode", choices=["relay", "echo", "floor"])
     parser.add_argument("--port-min", type=int, default=20000)
     parser.add_argument("--port-max", type=int, default=59999)
     args = parser.parse_args()
     _raise_fd_limit()
     if args.mode == "echo":
         run_echo()
+        return
+    if args.mode == "floor":
+        run_floor(args)
         return
     try:
         import uvloop

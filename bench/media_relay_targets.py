@@ -147,6 +147,23 @@ class Softswitch(_JsonLines):
         )
 
 
+class Floor(Softswitch):
+    name = "floor"
+    label = "least Python relay: recv_into + send per packet, no latching or counters"
+
+    def start(self) -> None:
+        proc = self._spawn(
+            [sys.executable, str(SERVER), "floor", f"--port-min={PORT_MIN}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout
+        self.loop = self._read(proc.stdout)["loop"]
+
+    def counters(self) -> str:
+        return ""
+
+
 class Echo(_JsonLines):
     name = "direct"
     label = "no relay: generator -> echo -> generator"

@@ -361,7 +361,7 @@ class Relay:
         for port in (kept.rtp, kept.rtcp, taken.rtp, taken.rtcp):
             # What a moved port sent so far went to a phone that left (the closed sessions'
             # "out" of the released legs counts it): from here on it counts towards the new one.
-            port.sent = port.sent_octets = 0
+            port.restart_sent()
         kept.rtp.peer, taken.rtp.peer = taken.rtp, kept.rtp
         kept.rtcp.peer, taken.rtcp.peer = taken.rtcp, kept.rtcp
         now = time.monotonic()

@@ -179,3 +179,15 @@ def test_rtcp_multiplexed_on_the_rtp_port_is_forwarded_not_counted(port: RtpPort
     port.buf[: len(report)] = report
     port.forward(len(report), 101.0)
     assert (port.packets, port.sent, port.lost(), port.max_seq) == (4, 4, 0, 12)
+
+
+def test_a_send_the_kernel_refuses_is_counted_dropped_not_sent(port: RtpPort) -> None:
+    def refuse(data: memoryview) -> int:
+        raise BlockingIOError  # a full socket buffer: EAGAIN
+
+    feed(port, stream([1, 2]))
+    port.peer.tx = refuse
+    feed(port, stream([3, 4, 5]))
+    assert (port.packets, port.sent, port.dropped) == (5, 2, 3)
+    assert (port.octets, port.sent_octets) == (5 * 172, 2 * 172)
+    assert port.lost() == 0  # received all the same: loss is about the phone's stream

@@ -97,6 +97,47 @@ async def test_loss_and_jitter_from_sequence_gaps(make_relay: MakeRelay, phones:
     assert stats.b.packets_out == len(sent)
 
 
+async def test_counters_of_a_latched_stream_with_loss_reordering_duplicates_and_a_new_ssrc(
+    make_relay: MakeRelay, phones: Phones
+) -> None:
+    # After its first packet A is latched, so the rest take the fast path (the connected
+    # socket); what the counters say must be what RFC 3550 says of the packets A sent.
+    relay = make_relay()
+    session, a, b = await call(relay, phones)
+    attacker = phones()
+    # 104 and 105 never come, but the duplicate 102 counts as received: RFC 3550 A.3 says
+    # expected 7 - received 6 = 1 lost.
+    first = [100, 101, 103, 102, 102, 106]
+    second = [7000, 7001, 7003]  # the phone restarts with another SSRC; 7002 lost
+    packets = [rtp(seq, seq * 160, ssrc=0xA) for seq in first]
+    packets.append(bytes([0x81, 201, 0, 7]) + bytes(28))  # RTCP RR multiplexed (RFC 5761)
+    packets += [rtp(seq, seq * 160, ssrc=0xA2, size=80) for seq in second]
+    for i, data in enumerate(packets):
+        a.send(data, rtp_port(session, Side.A))
+        assert (await b.recv())[0] == data  # forwarded as sent, in order
+        if i == 2:
+            attacker.send(rtp(104, 104 * 160, ssrc=0x666), rtp_port(session, Side.A))
+    assert await b.silent()
+    stats = session.stats()
+    size = sum(len(p) for p in packets)
+    assert (stats.a.packets_in, stats.a.bytes_in) == (len(packets), size)
+    assert (stats.b.packets_out, stats.b.bytes_out) == (len(packets), size)
+    assert stats.a.lost == 2  # 1 of the first stream, banked at the SSRC change, + 1
+    assert stats.a.ssrc == 0xA2
+    assert (stats.a.foreign_packets, stats.a.dropped_packets) == (1, 0)
+    # B holds (c=0.0.0.0): A's packets are accepted and counted in, but dropped, not out.
+    session.set_remote(Side.B, "0.0.0.0", 0)
+    a.send(rtp(7004, 7004 * 160, ssrc=0xA2), rtp_port(session, Side.A))
+    await until(lambda: session.stats().a.packets_in == len(packets) + 1)
+    stats = session.stats()
+    assert (stats.a.dropped_packets, stats.b.packets_out, stats.b.bytes_out) == (
+        1,
+        len(packets),
+        size,
+    )
+    assert stats.a.lost == 2
+
+
 async def test_phone_behind_nat_gets_the_reply_where_its_packets_came_from(
     make_relay: MakeRelay, phones: Phones
 ) -> None:
@@ -345,3 +386,22 @@ async def test_a_loop_through_the_relay_is_never_learned(
     other_b.send(rtp(1, 160), rtp_port(other, Side.B))  # relayed to session A's port...
     await until(lambda: session.stats().a.foreign_packets == 1)  # ...and refused there
     assert await b.silent()
+
+
+async def test_joined_legs_count_in_on_and_out_afresh(
+    make_relay: MakeRelay, phones: Phones
+) -> None:
+    relay = make_relay()
+    first, a, _ = await call(relay, phones)
+    second, _, c = await call(relay, phones)
+    for seq in range(3):  # A talks in its first call, C in its own
+        a.send(rtp(seq, seq * 160, ssrc=0xA), rtp_port(first, Side.A))
+        c.send(rtp(seq, seq * 160, ssrc=0xC), rtp_port(second, Side.B))
+    await until(lambda: first.stats().a.packets_in == 3 and second.stats().b.packets_in == 3)
+    joined = first.join(Side.A, second, Side.B)  # A and C now talk to each other
+    c.send(rtp(3, 480, ssrc=0xC), rtp_port(second, Side.B))
+    assert (await a.recv())[0] == rtp(3, 480, ssrc=0xC)
+    stats = joined.stats()
+    assert (stats.a.packets_in, stats.b.packets_in) == (3, 4)  # "in" counts on
+    assert (stats.a.packets_out, stats.a.bytes_out) == (1, 172)  # "out" from the join only
+    assert (stats.b.packets_out, stats.b.bytes_out) == (0, 0)
