@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procstat import BUSY_OTHER_PERCENT, wait_quiet
 from pyspy_profile import profile_step
-from report import StepTable, busy_warning, machine, ms, out, tail, wrap
+from report import StepTable, busy_warning, finish, machine, ms, out, tail, wrap
 from servers import (
     DOMAIN,
     HOST,
@@ -191,17 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
                 procs.stop(result.server.proc)
         summary(results, skipped, args)
-        for result in results:
-            if result.profile:
-                out()
-                out(result.profile)
-        out()
-        kept = args.keep or failed
-        out(
-            f"  total bench time {time.monotonic() - began:.0f} s; work directory {work}"
-            + ("" if kept else " (removed)")
-        )
-        out(f"  reproduce: cd {ROOT} && {command}")
+        finish([r.profile for r in results], work, args.keep or failed, began, command)
         return 1 if failed else 0
     except KeyboardInterrupt:
         out("\ninterrupted; stopping servers")

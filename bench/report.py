@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import textwrap
+import time
 from pathlib import Path
 
 from procstat import BUSY_OTHER_PERCENT
@@ -122,3 +123,17 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def wrap(text: str, width: int = 100) -> str:
     return textwrap.fill(text, width, initial_indent="  * ", subsequent_indent="    ")
+
+
+def finish(profiles: list[str | None], work: Path, kept: bool, began: float, command: str) -> None:
+    """The end of a bench's output: profiles taken, time, work folder, how to reproduce."""
+    for profile in profiles:
+        if profile:
+            out()
+            out(profile)
+    out()
+    out(
+        f"  total bench time {time.monotonic() - began:.0f} s; work directory {work}"
+        + ("" if kept else " (removed)")
+    )
+    out(f"  reproduce: cd {Path(__file__).resolve().parents[1]} && {command}")
