@@ -67,7 +67,9 @@ class Phone:
 
 
 def port_range(pairs: int = 40) -> dict[str, int]:
-    base = random.randrange(20000, 29000, 2)
+    """A random range above Linux's ephemeral ports (32768-60999, where the test phones' own
+    sockets land) and apart from the relay bench's 9000-31999 and the daemon's 30000-39999."""
+    base = random.randrange(61000, 65400 - 2 * pairs, 2)
     return {"port_min": base, "port_max": base + 2 * pairs - 1}
 
 
