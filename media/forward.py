@@ -40,7 +40,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -232,20 +232,8 @@ class RtpPort(Port):
 
     is_rtp = True
 
-    def __init__(
-        self,
-        wild: socket.socket,
-        *,
-        latch: Latch,
-        buf: bytearray,
-        own: Callable[[Addr], bool],
-        watch: Callable[[socket.socket, Callable[[], None] | None], None],
-        call_id: str,
-        side: Side,
-    ) -> None:
-        super().__init__(
-            wild, latch=latch, buf=buf, own=own, watch=watch, call_id=call_id, side=side
-        )
+    def __init__(self, wild: socket.socket, **port: Any) -> None:
+        super().__init__(wild, **port)  # Port's keyword arguments
         self.conn: socket.socket | None = None
         self.conn_recv: Callable[[bytearray], int] = _no_packet
         self.conn_to: Addr | None = None

@@ -37,7 +37,7 @@ import socket
 import time
 from collections.abc import Callable
 from ipaddress import ip_address
-from typing import Final
+from typing import Final, TypeVar
 
 import structlog
 
@@ -61,6 +61,8 @@ _log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
 # Upper bounds (ms) of the jitter histogram in `RelayTotals.jitter_buckets` (+Inf follows).
 JITTER_BOUNDS_MS: Final = (1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0)
+
+_P = TypeVar("_P", bound=Port)
 
 TimeoutHandler = Callable[[MediaTimeout], object]
 
@@ -411,31 +413,17 @@ class Relay:
         else:
             raise PortsExhausted("64 media port pairs in a row were taken by other programs")
 
-        def latch() -> Latch:
-            return Latch(
+        def make(kind: type[_P], sock: socket.socket) -> _P:
+            latch = Latch(
                 window=config.latch_window,
                 strict=config.strict_source,
                 relatch_on_ssrc=config.relatch_on_ssrc,
             )
+            return kind(sock, latch=latch, buf=self._buf, own=self._own, watch=self._watch,
+                        call_id=call_id, side=side)  # fmt: skip
 
-        rtp = RtpPort(
-            rtp_sock,
-            latch=latch(),
-            buf=self._buf,
-            own=self._own,
-            watch=self._watch,
-            call_id=call_id,
-            side=side,
-        )
-        rtcp = Port(
-            rtcp_sock,
-            latch=latch(),
-            buf=self._buf,
-            own=self._own,
-            watch=self._watch,
-            call_id=call_id,
-            side=side,
-        )
+        rtp = make(RtpPort, rtp_sock)
+        rtcp = make(Port, rtcp_sock)
         return _Leg(side, LocalMedia(config.sdp_address, port, port + 1), rtp, rtcp)
 
     def _watch(self, sock: socket.socket, reader: Callable[[], None] | None) -> None:
