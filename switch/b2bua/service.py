@@ -342,12 +342,10 @@ class B2bua:
         self._count_in(call, placed.usage)
         # Who of the tenant is on each side (transfers ask; an outside party is nobody here).
         call.tenant = placed.tenant.name
-        call.users = {
-            side: who
-            for side, who, ours in ((Side.A, placed.caller, "inbound"),
-                                    (Side.B, placed.callee, "outbound"))
-            if placed.direction != ours
-        }  # fmt: skip
+        if placed.direction != "inbound":  # from a gateway the caller is a calling number
+            call.users[Side.A] = placed.caller
+        if placed.direction != "outbound":  # to a gateway the callee is an outside number
+            call.users[Side.B] = placed.callee
         if self.recorder is not None:
             self.recorder.begin(
                 call, tenant=placed.tenant.name, caller=placed.caller, callee=placed.callee,
