@@ -1,4 +1,4 @@
-"""Prometheus view of a relay's counters, read at scrape time.
+"""Prometheus view of the relay's and the media engine's counters, read at scrape time.
 
 The hot path only adds to plain ints; this collector turns `Relay.totals()` into metric
 families when /metrics is scraped, so forwarding a packet never touches a metrics library.
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from media.engine import MediaEngine
 from media.relay import JITTER_BOUNDS_MS, Relay
 
 
@@ -85,4 +86,41 @@ class RelayCollector(Collector):
             "Interarrival jitter (RFC 3550) of each finished call leg, milliseconds",
             buckets=buckets,
             sum_value=t.jitter_sum_ms,
+        )
+
+
+class EngineCollector(Collector):
+    """The media engine: endpoints, its clock's health, packets and digits."""
+
+    def __init__(self, engine: MediaEngine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        e, s = self.engine, self.engine.stats
+        yield GaugeMetricFamily(
+            "softswitch_media_endpoints", "Media engine endpoints open", e.endpoints
+        )
+        yield GaugeMetricFamily(
+            "softswitch_media_recordings", "Recordings being written", len(e.recordings)
+        )
+        yield CounterMetricFamily(
+            "softswitch_media_ticks", "20 ms media clock ticks", value=s.ticks
+        )
+        yield CounterMetricFamily(
+            "softswitch_media_late_ticks",
+            "Media clock ticks run late (the event loop was busy for more than 20 ms)",
+            value=s.late_ticks,
+        )
+        yield CounterMetricFamily(
+            "softswitch_media_tick_seconds", "Time spent in media clock ticks", value=s.tick_seconds
+        )
+        packets = CounterMetricFamily(
+            "softswitch_media_engine_packets", "RTP packets of engine endpoints",
+            labels=["direction"],
+        )  # fmt: skip
+        packets.add_metric(["in"], s.packets_in)
+        packets.add_metric(["out"], s.packets_out)
+        yield packets
+        yield CounterMetricFamily(
+            "softswitch_dtmf_digits", "DTMF digits received (RFC 4733, INFO, tones)", value=s.digits
         )

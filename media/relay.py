@@ -287,6 +287,11 @@ class Relay:
         )
 
     @property
+    def local_host(self) -> str:
+        """The address this host's own media peers (the media engine) use to reach the relay."""
+        return self._host or "127.0.0.1"
+
+    @property
     def sessions(self) -> frozenset[RelaySession]:
         return frozenset(self._sessions)
 
