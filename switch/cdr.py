@@ -170,6 +170,8 @@ class CallRecord:
     hangup_by: HangupBy | None = None
     hangup_cause: str | None = None
     state: RowState = RowState.ACTIVE
+    recording: str | None = None  # the WAV of a recorded bridge
+    recording_seconds: float | None = None
     legs: tuple[LegRecord, ...] = ()
 
     @property
@@ -201,6 +203,8 @@ class CallRecord:
             "hangup_by": None if self.hangup_by is None else self.hangup_by.value,
             "hangup_cause": self.hangup_cause,
             "state": self.state.value,
+            "recording": self.recording,
+            "recording_seconds": self.recording_seconds,
         }
 
 
@@ -383,8 +387,11 @@ def finished(
         else:
             by = HangupBy.SYSTEM
         cause = f"{event.status} {event.reason}".strip()
+    recording = call.recording if isinstance(call, HandledCall) else None
     return replace(
         record,
+        recording=None if recording is None else str(recording.path),
+        recording_seconds=None if recording is None else round(recording.duration, 2),
         answered_at=answered_at,
         ended_at=ended_at,
         disposition=result,

@@ -20,7 +20,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from media import MediaTimeout, Relay
-from media.metrics import RelayCollector
+from media.engine import MediaEngine
+from media.metrics import EngineCollector, RelayCollector
+from media.prompts import Prompts
 from switch.b2bua.service import B2bua
 from switch.ban import BanList
 from switch.cdr import CallRecorder
@@ -54,6 +56,7 @@ class Daemon:
         self.registrar: Registrar | None = None
         self.b2bua: B2bua | None = None
         self.relay: Relay | None = None
+        self.engine: MediaEngine | None = None
         self.http: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -83,6 +86,14 @@ class Daemon:
             self.relay = Relay(config.media.relay_config(), on_timeout=self._on_media_timeout)
             self.b2bua.media = self.b2bua.relay_media(self.relay)
             self.b2bua.relay = self.relay
+            self.engine = MediaEngine(
+                self.relay.local_host,
+                prompts=Prompts(config.media.prompts) if config.media.prompts else None,
+                language=config.media.language,
+                recordings=config.media.recordings,
+            )
+            self.b2bua.engine = self.engine
+            self.metrics.registry.register(EngineCollector(self.engine))
             # RTP counters are read from the relay at scrape time, live calls included.
             self.metrics.registry.register(RelayCollector(self.relay))
         self.b2bua.attach()
@@ -191,6 +202,8 @@ class Daemon:
             await self.http.cleanup()
         if self.endpoint is not None:
             await self.endpoint.transports.close()
+        if self.engine is not None:
+            self.engine.close()
         if self.relay is not None:
             self.relay.close()
         if self.location is not None:

@@ -95,6 +95,7 @@ calls = Table(
     Column("hangup_cause", String, nullable=True),
     Column("state", String, nullable=False, index=True),
     Column("recording", String, nullable=True),
+    Column("recording_seconds", Float, nullable=True),
 )
 
 # One row per leg of a call (the caller's, then one per fork towards the callee, then those of

@@ -11,12 +11,15 @@ import asyncio
 import re
 import secrets
 import socket
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from media import Relay, RelayConfig
+from media.engine import MediaEngine
 from switch.b2bua.call import CCEvent, CCEventConnect, CCEventDisconnect, CCEventFail, Side
 from switch.b2bua.control import (
     CallerHungUp,
@@ -138,20 +141,28 @@ class Switch:
     board: Board
     calls: asyncio.Queue[HandledCall]
     port: int
+    beep: str  # a 0.2 s WAV to play
 
 
 @pytest.fixture
-async def switch() -> AsyncIterator[Switch]:
+async def switch(tmp_path: Path) -> AsyncIterator[Switch]:
     endpoint = SipEndpoint(Metrics(), BanList(10, 60, 60), "softswitch-test")
     endpoint.t1 = 0.1
     listener = await endpoint.transports.listen_udp("127.0.0.1", 0)
     relay = Relay(RelayConfig(port_min=42000, port_max=42200))
     board = Board()
+    engine = MediaEngine(recordings=tmp_path)
+    beep = tmp_path / "beep.wav"
+    with wave.open(str(beep), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\x10\x20" * 1600)
     calls: asyncio.Queue[HandledCall] = asyncio.Queue()
     dialogs: dict[DialogId, HandledCall] = {}
 
     def on_invite(incoming: ServerRequest) -> None:
-        call = HandledCall(endpoint, incoming, relay=relay, switchboard=board,
+        call = HandledCall(endpoint, incoming, relay=relay, engine=engine, switchboard=board,
                            dialogs=dialogs, ring_timeout=5)  # fmt: skip
         calls.put_nowait(call)
 
@@ -181,8 +192,9 @@ async def switch() -> AsyncIterator[Switch]:
     endpoint.ack_handler = on_ack
     endpoint.stray_2xx = on_2xx
     try:
-        yield Switch(endpoint, relay, board, calls, listener.port)
+        yield Switch(endpoint, relay, board, calls, listener.port, str(beep))
     finally:
+        engine.close()
         relay.close()
         await endpoint.transports.close()
 
@@ -231,9 +243,8 @@ async def test_ring_and_answer_once_and_wrong_states_change_nothing(switch: Swit
             await call.ring()
         with pytest.raises(WrongState, match="cannot be bridged with itself"):
             await call.bridge(call.caller, call.caller)
-        with pytest.raises(NotImplementedError, match="issue 4"):
-            await call.caller.play("greeting")  # the media engine is not there yet
-        assert await phone.nothing(0.5)  # none of that reached the phone
+        assert await phone.nothing(0.3)  # none of that reached the phone
+        assert await call.caller.play(switch.beep) is True  # the engine's endpoint plays
         assert call.state is LegState.ANSWERED
         await call.hangup(Cause.USER_BUSY)
         bye = await phone.recv()
@@ -337,8 +348,7 @@ async def test_bridge_needs_two_answered_legs_and_returns_who_left(switch: Switc
         gone = await asyncio.wait_for(bridging, 2)
         assert gone is leg and leg.state is LegState.ENDED
         assert call.caller.state is LegState.ANSWERED  # the caller stays, with the switch
-        with pytest.raises(NotImplementedError, match="issue 4"):
-            await call.caller.play("survey")
+        assert await call.caller.play(switch.beep) is True  # on an endpoint of its own again
         await call.hangup()
         assert switch.board.events[-1] == CCEventDisconnect(Side.B)  # the callee left first
     finally:

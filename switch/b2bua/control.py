@@ -12,7 +12,8 @@ and each leg it dialled. Operations::
     gone = await call.bridge(call.caller, leg) # talk; returns the leg that hung up
     await call.sleep(5)
     await call.hangup(Cause.USER_BUSY)     # BYE or final response, Reason: Q.850
-    await call.caller.play("greeting")     # the media engine's: issue 4, NOT done
+    await call.caller.play("greeting")     # a prompt; collect, record, music: the same
+    await call.bridge(call.caller, leg, record="support/1.wav")  # a recorded bridge
 
 ``dial`` resolves its target as a phone of the tenant dialling it would
 (``routing.dialled``: an extension's contacts, all at once, or an outside
@@ -28,7 +29,13 @@ side is the switch's media endpoint (``media.endpoint``); a dialled leg is
 offered the caller's agreed codec (or its offered ones, before the answer),
 with the caller's payload types, so the two can be ``bridge``d: the relay
 joins their sessions (``RelaySession.join``) and the endpoints step out. When
-one of them hangs up, the other is given a new endpoint and stays.
+one of them hangs up, the other is given a new endpoint and stays. Legs that
+need the media engine between them stay on their endpoints and are linked in
+the engine's mixer instead: different codecs (transcoding PCMU ↔ PCMA),
+different DTMF forms (RFC 4733 on one side, INFO or tones on the other: each
+digit is sent on in the form the other phone negotiated), or a recorded
+bridge (``record=``: a stereo WAV, the first leg left, the second right; its
+path and length go to the call record).
 
 Hangups: the caller's hangup (BYE, CANCEL) ends the call: every leg the call
 dialled is hung up, and the operation the handler awaits raises
@@ -45,23 +52,25 @@ records and metrics work the same (switch/cdr.py).
 
 Not done here: calls originated by the switch with no caller (callback from a
 queue needs it: today a handled call always starts from an INVITE), early
-media, transcoding between two bridged legs (``MediaMismatch``), and the
-media operations (see ``media.endpoint``).
+media, moving a relay-joined bridge onto the engine mid-call (a recording or a
+supervisor must be asked for when the bridge starts), supervisors joining a
+bridge of another call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from media import PortsExhausted, Relay
+from media import PortsExhausted, Relay, RelaySession
 from media import Side as MediaSide
-from media.endpoint import MediaEndpoint, RtpSink
+from media.endpoint import EngineEndpoint
+from media.engine import MediaEngine
+from media.recorder import Recording
 from switch.b2bua import endpoint_sdp
 from switch.b2bua.call import CCEvent, CCEventConnect, CCEventDisconnect, CCEventFail, Side
 from switch.b2bua.endpoint_sdp import Format
@@ -74,7 +83,6 @@ from switch.b2bua.legs import (
     Leg,
     LegMedia,
     LegState,
-    MediaMismatch,
     OutboundLeg,
     WrongState,
 )
@@ -147,16 +155,15 @@ class HandledCall:
         switchboard: Switchboard,
         dialogs: dict[DialogId, HandledCall],
         ring_timeout: float,
-        new_endpoint: Callable[[], MediaEndpoint] | None = None,
+        engine: MediaEngine,
     ) -> None:
         self.endpoint = endpoint
         self.relay = relay
         self.switchboard = switchboard
         self.dialogs = dialogs  # the owner's index of in-dialog requests to handled calls
         self.ring_timeout = ring_timeout
-        host = relay.config.address
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.new_endpoint = new_endpoint or functools.partial(RtpSink, host)
+        self.engine = engine
+        self.recording: Recording | None = None  # the last recorded bridge (for the record)
         self.id = incoming.request.call_id
         self.tenant = ""
         self.caller_user: str | None = None  # the tenant's extension calling, if one is
@@ -206,8 +213,7 @@ class HandledCall:
             log.warning("no media ports", call_id=self.id, error=str(exc))
             caller.refuse(503, "No media ports", Cause.SWITCH_CONGESTION)
             raise WrongState(caller, "answer", "could not be given media ports") from None
-        media = LegMedia(session, MediaSide.A, self.new_endpoint(), None)
-        session.set_remote(MediaSide.B, *media.endpoint_address())
+        media = LegMedia(session, MediaSide.A, self._endpoint_on(session, MediaSide.B), None)
         offer = caller.request.body
         try:
             if offer:
@@ -224,6 +230,13 @@ class HandledCall:
             raise WrongState(caller, "answer", f"offered no usable media ({exc})") from None
         caller.send_ok(media, body, offered)
         self.switchboard.event(self, CCEventConnect())
+
+    def _endpoint_on(self, session: RelaySession, side: MediaSide) -> EngineEndpoint:
+        """A media endpoint facing ``side`` of ``session`` (the side not facing a phone)."""
+        endpoint = self.engine.endpoint()
+        session.set_remote(side, *endpoint.address)
+        endpoint.attach((self.relay.local_host, session.local(side).rtp_port))
+        return endpoint
 
     # -- dialling --------------------------------------------------------------------
 
@@ -253,8 +266,7 @@ class HandledCall:
         except (PortsExhausted, OSError) as exc:
             log.warning("no media ports", call_id=self.id, error=str(exc))
             return DialFailure(attempt.target, 503, "No media ports", Cause.SWITCH_CONGESTION)
-        media = LegMedia(session, MediaSide.B, self.new_endpoint(), None)
-        session.set_remote(MediaSide.A, *media.endpoint_address())
+        media = LegMedia(session, MediaSide.B, self._endpoint_on(session, MediaSide.A), None)
         formats = self._formats_to_offer()
         body = endpoint_sdp.offer(session.local(MediaSide.B), formats)
         done: asyncio.Future[OutboundLeg | DialFailure] = asyncio.get_running_loop().create_future()
@@ -330,8 +342,12 @@ class HandledCall:
 
     # -- bridging --------------------------------------------------------------------
 
-    async def bridge(self, a: Leg, b: Leg) -> Leg:
-        """Let ``a`` and ``b`` talk, through the relay; return the one that hung up first."""
+    async def bridge(self, a: Leg, b: Leg, *, record: str | None = None) -> Leg:
+        """Let ``a`` and ``b`` talk; return the one that hung up first (see the docstring).
+
+        ``record``: a WAV path (relative ones under the engine's recordings folder) for a
+        stereo recording of the bridge, ``a`` left and ``b`` right.
+        """
         if a is b:
             raise WrongState(a, "bridge", "cannot be bridged with itself")
         for leg in (a, b):
@@ -342,21 +358,20 @@ class HandledCall:
                 raise WrongState(leg, "bridge", f"is bridged with {leg.partner.name} already")
         ma, mb = a.media, b.media
         assert ma is not None and mb is not None
-        if ma.codec != mb.codec:
-            raise MediaMismatch(
-                f"bridge: {a.name} sends {ma.codec}, {b.name} sends {mb.codec} "
-                "(transcoding is the media engine's, issue 4)"
-            )
-        joined = ma.session.join(ma.side, mb.session, mb.side)
-        for leg, media, side in ((a, ma, ma.side), (b, mb, ma.side.other)):
-            stats = media.stats()
-            if media.endpoint is not None:
-                media.endpoint.close()
-            leg.media = LegMedia(
-                joined, side, None, media.agreed, (stats.packets_out, stats.bytes_out)
-            )
+        through_engine = (
+            record is not None
+            or ma.codec != mb.codec
+            or (ma.agreed is not None and mb.agreed is not None
+                and (ma.agreed.events is None) != (mb.agreed.events is None))
+        )  # fmt: skip
         a.partner, b.partner = b, a
-        log.info("bridged", call_id=self.id, a=a.name, b=b.name)
+        if through_engine:
+            unlink = self._bridge_in_engine(a, b, record)
+        else:
+            self._join(a, b)
+            unlink = None
+        log.info("bridged", call_id=self.id, a=a.name, b=b.name, engine=through_engine,
+                 recording=record)  # fmt: skip
         waits = [asyncio.ensure_future(leg.wait_hangup()) for leg in (a, b)]
         try:
             watch_caller = self.caller not in (a, b)
@@ -365,9 +380,49 @@ class HandledCall:
         finally:
             for wait in waits:
                 wait.cancel()
+            if unlink is not None:
+                unlink()
         gone = a if a.ended else b
         log.info("bridge ended", call_id=self.id, by=gone.name)
         return gone
+
+    def _join(self, a: Leg, b: Leg) -> None:
+        """Bridge in the relay: one session of the two phones, the endpoints step out."""
+        ma, mb = a.media, b.media
+        assert ma is not None and mb is not None
+        joined = ma.session.join(ma.side, mb.session, mb.side)
+        for leg, media, side in ((a, ma, ma.side), (b, mb, ma.side.other)):
+            stats = media.stats()
+            if media.endpoint is not None:
+                media.endpoint.close()
+            leg.media = LegMedia(
+                joined, side, None, media.agreed, (stats.packets_out, stats.bytes_out)
+            )
+
+    def _bridge_in_engine(self, a: Leg, b: Leg, record: str | None) -> Callable[[], None]:
+        """Bridge in the media engine's mixer; the function that undoes it."""
+        ea, eb = (leg.media.endpoint for leg in (a, b) if leg.media is not None)
+        assert ea is not None and eb is not None
+        mix = self.engine.conference()
+        mix.add(ea.row)
+        mix.add(eb.row)
+        for end, other, leg in ((ea, eb, b), (eb, ea, a)):
+            end.flush_digits()
+            end.on_digit = other.send_digit
+            other.on_info = leg.send_info
+        recording = None
+        if record is not None:
+            recording = self.engine.record(record, [ea.row, eb.row])
+            self.recording = recording
+
+        def unlink() -> None:
+            mix.close()
+            for end in (ea, eb):
+                end.on_digit = end.on_info = None
+            if recording is not None:
+                recording.stop()
+
+        return unlink
 
     # -- legs coming and going -------------------------------------------------------
 
@@ -377,14 +432,16 @@ class HandledCall:
         media = leg.media
         if partner is not None:
             partner.partner = None
-        if partner is None or partner.ended or leg is self.caller:
+        engine_bridged = partner is not None and partner.media is not None and (
+            partner.media.endpoint is not None)  # fmt: skip
+        if partner is None or partner.ended or leg is self.caller or engine_bridged:
             if media is not None:
                 media.session.close()  # nobody is left on it (a caller's partner goes next)
         elif media is not None and partner.media is not None:
             # The partner stays: the departed phone's relay leg now faces an endpoint.
-            endpoint = self.new_endpoint()
-            media.session.set_remote(media.side, *endpoint.address)
+            endpoint = self._endpoint_on(media.session, media.side)
             partner.media.endpoint = endpoint
+            partner.media.tell(endpoint)
         if leg is not self.caller:
             if hangup.by_phone and self.caller.state is LegState.ANSWERED:
                 self.callee_left = True
@@ -514,7 +571,6 @@ __all__ = [
     "InboundLeg",
     "Leg",
     "LegState",
-    "MediaMismatch",
     "OutboundLeg",
     "Switchboard",
     "WrongState",

@@ -26,11 +26,14 @@ without SDP gets our offer in the 200 and its answer in the ACK (§13.2.1).
 ``hangup`` sends BYE, or the final response the cause stands for when the leg
 was never answered, with ``Reason: Q.850;cause=N`` (RFC 3326).
 
+Media: ``play``, ``collect``, ``record``, ``send_digit`` and music on hold go
+to the leg's media endpoint (``media.endpoint``, the media engine's). DTMF by
+SIP INFO (``application/dtmf-relay``, ``application/dtmf``) is a digit of the
+endpoint like an RFC 4733 one; a digit sent to a phone that offered no
+telephone-event goes out as INFO.
+
 Not done here: re-INVITE and UPDATE on a handled leg (488: the session stays
-as it was, so a phone's hold does not reach the other party), DTMF by INFO
-(200, ignored), PRACK, and media: ``play``, ``collect`` and ``record`` go to
-the leg's media endpoint, whose minimal version raises NotImplementedError
-until the media engine (issue 4).
+as it was, so a phone's hold does not reach the other party), PRACK.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ import structlog
 
 from media import LegStats, RelaySession
 from media import Side as MediaSide
-from media.endpoint import MediaEndpoint
+from media.dtmf import info_body, parse_info
+from media.endpoint import EngineEndpoint
 from media.stats import Addr
 from switch.b2bua.endpoint_sdp import Agreed, Format, read_answer
 from switch.b2bua.forks import ignore
@@ -107,17 +111,13 @@ class CallerHungUp(HungUp):
     """The caller's leg ended: every operation of the call still awaited is interrupted."""
 
 
-class MediaMismatch(CallControlError):
-    """Two legs whose audio cannot be bridged without transcoding (the media engine's job)."""
-
-
 @dataclass(slots=True)
 class LegMedia:
     """A leg's audio: its relay session, the side facing its phone, the switch's endpoint."""
 
     session: RelaySession
     side: MediaSide
-    endpoint: MediaEndpoint | None  # None while bridged: the other phone is there instead
+    endpoint: EngineEndpoint | None  # None while relay-bridged: the other phone is there
     agreed: Agreed | None  # None until the phone's SDP came (an INVITE without SDP)
     # "out" counters of the sessions this leg left by being bridged (a join restarts them)
     sent_before: tuple[int, int] = (0, 0)
@@ -152,6 +152,15 @@ class LegMedia:
         self.agreed = agreed
         self.session.set_remote(self.side, agreed.host, agreed.port, agreed.rtcp_port)
         self.session.set_hold(self.side, agreed.held)
+        if self.endpoint is not None:
+            self.tell(self.endpoint)
+
+    def tell(self, endpoint: EngineEndpoint) -> None:
+        """Give ``endpoint`` the codec and payload types agreed with the phone."""
+        if self.agreed is not None:
+            events = self.agreed.events
+            endpoint.set_format(self.agreed.voice.name, int(self.agreed.voice.pt),
+                                None if events is None else int(events.pt))  # fmt: skip
 
 
 class Leg:
@@ -194,19 +203,39 @@ class Leg:
             self._bye(cause)
             self._end(Hangup(False, cause))
 
-    # -- media (the endpoint's; NotImplementedError until issue 4) -----------------------
+    # -- media (the leg's endpoint in the media engine) ------------------------------------
 
-    async def play(self, prompt: str) -> None:
-        await self.call.guard(self._endpoint("play").play(prompt), self)
-
-    async def collect(self, max_digits: int, timeout: float, terminators: str = "#") -> str:
-        work = self._endpoint("collect").collect(max_digits, timeout, terminators)
+    async def play(
+        self, prompts: str | list[str], *, language: str | None = None, interrupt: bool = False
+    ) -> bool:
+        """Play prompts (names or WAV paths) to the phone; False if a digit cut it short."""
+        work = self.endpoint("play").play(prompts, language=language, interrupt=interrupt)
         return await self.call.guard(work, self)
 
-    async def record(self, path: str, max_seconds: float) -> float:
-        return await self.call.guard(self._endpoint("record").record(path, max_seconds), self)
+    async def collect(
+        self,
+        max_digits: int,
+        timeout: float,
+        terminators: str = "#",
+        inter_digit_timeout: float | None = None,
+    ) -> str:
+        work = self.endpoint("collect").collect(
+            max_digits, timeout, terminators, inter_digit_timeout
+        )
+        return await self.call.guard(work, self)
 
-    def _endpoint(self, operation: str) -> MediaEndpoint:
+    async def record(self, path: str, max_seconds: float, *, silence: float = 5.0) -> float:
+        work = self.endpoint("record").record(path, max_seconds, silence=silence)
+        return await self.call.guard(work, self)
+
+    def start_music(self) -> None:
+        self.endpoint("start_music").start_music()
+
+    def stop_music(self) -> None:
+        self.endpoint("stop_music").stop_music()
+
+    def endpoint(self, operation: str) -> EngineEndpoint:
+        """The leg's media endpoint, for ``operation``: answered and not bridged."""
         self.check_alive()
         if self.partner is not None:
             raise WrongState(self, operation, f"is bridged with {self.partner.name}")
@@ -214,6 +243,15 @@ class Leg:
             raise WrongState(self, operation, f"is {self.state.value}, not answered")
         assert self.media.endpoint is not None  # an unbridged answered leg has one
         return self.media.endpoint
+
+    def send_info(self, digit: str) -> None:
+        """``digit`` to the phone as SIP INFO (a phone that offered no telephone-event)."""
+        if self.dialog is None or self.ended:
+            return
+        info = self.dialog.request("INFO")
+        info.headers.add("Content-Type", "application/dtmf-relay")
+        info.body = info_body(digit)
+        self.call.endpoint.send_request(info, self.peer, ignore)
 
     def check_alive(self) -> None:
         hangup = self.hangup_info
@@ -257,12 +295,25 @@ class Leg:
             self._end(Hangup(True, cause))
 
     def on_request(self, incoming: ServerRequest) -> None:
-        """Other requests in the dialog: INFO is taken (and ignored), offers are refused."""
+        """Other requests in the dialog: INFO is taken (DTMF in it is a digit), offers are
+        refused."""
         request = incoming.request
         status = self.dialog.receive_request(request) if self.dialog is not None else 481
         if status is None:
             status = 200 if request.method == "INFO" else 488
+            if request.method == "INFO":
+                self._info_digit(request)
         incoming.respond(request.response(status, None, incoming.to_tag))
+
+    def _info_digit(self, request: Request) -> None:
+        got = parse_info(request.headers.get("Content-Type") or "", request.body)
+        media = self.media
+        if got is None or media is None:
+            return
+        if media.endpoint is not None:
+            media.endpoint.digit(got.digit)
+        elif self.partner is not None:  # bridged through the relay: pass it on as it came
+            self.partner.send_info(got.digit)
 
     def on_ack(self, request: Request) -> None:
         """An ACK for a 2xx of ours (the inbound leg's)."""

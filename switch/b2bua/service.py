@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from media import MediaTimeout, PortsExhausted, Relay
+from media.engine import MediaEngine
 from switch.b2bua import routing
 from switch.b2bua.call import (
     Call,
@@ -161,6 +162,7 @@ class B2bua:
         self.dialogs: dict[DialogId, Call] = {}
         self.handled: dict[DialogId, HandledCall] = {}  # dialogs of calls the switch handles
         self.relay: Relay | None = None  # handled calls terminate their media through it
+        self.engine: MediaEngine | None = None  # ... in the media engine's endpoints
         self.active: set[Call | HandledCall] = set()
         self._usage: dict[Call | HandledCall, Usage] = {}
         self._per_user: Counter[tuple[str, str]] = Counter()
@@ -366,13 +368,14 @@ class B2bua:
 
     def _start_handled(self, incoming: ServerRequest, handling: Handling) -> Response | None:
         request, route = incoming.request, handling.route
-        if self.relay is None:
+        if self.relay is None or self.engine is None:
             # config refuses routes without media.relay; this is a B2bua built without one
             return request.response(503, "Handled numbers need the media relay", incoming.to_tag)
         call = HandledCall(
             self.endpoint,
             incoming,
             relay=self.relay,
+            engine=self.engine,
             switchboard=self,
             dialogs=self.handled,
             ring_timeout=self.config.calls.ring_timeout,
