@@ -159,6 +159,11 @@ class Media(_Section):
     latch_window: PositiveFloat = 3.0
     strict_source: bool = False  # accept media only from the SDP address (fixed trunks)
     relatch_on_ssrc: bool = True  # a locked stream may move when its SSRC comes from elsewhere
+    # Prompts the switch plays: the language of the packaged set (en, ru), or a folder of
+    # one's own with the same layout (<folder>/<language>/<name>.wav).
+    language: Literal["en", "ru"] = "en"
+    prompts: Path | None = None
+    recordings: Path = Path("recordings")  # where recorded calls go (relative: to the cwd)
 
     @model_validator(mode="after")
     def _relay_accepts(self) -> Self:
@@ -403,11 +408,52 @@ class FollowMe(_Section):
     handler: Literal["follow-me"]
     extension: Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_digits)]
     timeout: PositiveInt = 20
+    record: bool = False  # a stereo WAV of the call (caller left), under media.recordings
+
+
+Extension = Annotated[str, BeforeValidator(_int_to_str), AfterValidator(_digits)]
+
+
+class PlayPrompts(_Section):
+    """Answers, plays ``play`` (prompt names of ``language``, or WAV paths) and hangs up."""
+
+    handler: Literal["prompt"]
+    play: list[str] = Field(default_factory=lambda: ["greeting", "goodbye"], min_length=1)
+    language: Literal["en", "ru"] | None = None  # None: media.language
+
+
+class Menu(_Section):
+    """Answers, plays ``prompt`` and takes a choice of ``digits`` keys (RFC 4733, SIP INFO or
+    tones); a choice in ``choices`` rings that extension and connects it; a wrong or missing
+    choice is said so and asked again, ``tries`` times in all, then goodbye."""
+
+    handler: Literal["menu"]
+    prompt: str = "greeting"
+    choices: dict[Annotated[str, BeforeValidator(_int_to_str)], Extension] = Field(min_length=1)
+    digits: PositiveInt = 1
+    timeout: PositiveFloat = 5.0  # seconds to wait for the first key after the prompt
+    tries: PositiveInt = 3
+    ring: PositiveInt = 20  # seconds the chosen extension rings
+    language: Literal["en", "ru"] | None = None
+    record: bool = False
+
+
+class Voicemail(_Section):
+    """Answers, plays the voicemail prompt and a beep, and records the caller (until ``#``,
+    ``silence`` seconds of quiet or ``max_seconds``) into voicemail/<extension>/."""
+
+    handler: Literal["voicemail"]
+    extension: Extension
+    max_seconds: PositiveInt = 120
+    silence: PositiveFloat = 5.0
+    language: Literal["en", "ru"] | None = None
 
 
 # A number the switch answers itself, by the built-in call handler named in `handler`
 # (switch/b2bua/handlers.py) -- until dialplans (dialplans/) route numbers to flows.
-Route = Annotated[AnswerHangup | FollowMe, Field(discriminator="handler")]
+Route = Annotated[
+    AnswerHangup | FollowMe | PlayPrompts | Menu | Voicemail, Field(discriminator="handler")
+]
 
 
 class Tenant(_Section):
@@ -447,12 +493,18 @@ class Tenant(_Section):
                     f"route {number!r} is also an extension (expected a number of its own)",
                     at=("routes", number),
                 )
-            if isinstance(route, FollowMe) and route.extension not in self._by_extension:
-                known = ", ".join(self._by_extension) or "none"
-                raise _invalid(
-                    f"follow-me rings unknown extension {route.extension!r} (known: {known})",
-                    at=("routes", number, "extension"),
-                )
+            rung: list[tuple[str, Loc]] = []
+            if isinstance(route, FollowMe | Voicemail):
+                rung.append((route.extension, ("routes", number, "extension")))
+            elif isinstance(route, Menu):
+                rung.extend((e, ("routes", number, "choices", k)) for k, e in route.choices.items())
+            for extension, at in rung:
+                if extension not in self._by_extension:
+                    known = ", ".join(self._by_extension) or "none"
+                    raise _invalid(
+                        f"{route.handler} names unknown extension {extension!r} (known: {known})",
+                        at=at,
+                    )
         return self
 
     @model_validator(mode="after")

@@ -66,13 +66,13 @@ def test_routes_and_a_did_that_points_at_one(tmp_path: Path) -> None:
             "handler: answer-hangup, ",
             "handler: echo, ",
             "routes.500.handler: unknown handler 'echo' (expected one of 'answer-hangup', "
-            "'follow-me')",
+            "'follow-me', 'prompt', 'menu', 'voicemail')",
         ),
         (
             "extension: 101}",
             "extension: 109}",
             "10: tenants[0].routes.501.extension: "
-            "follow-me rings unknown extension '109' (known: 101)",
+            "follow-me names unknown extension '109' (known: 101)",
         ),
         ('"501": {', '"101": {', "10: tenants[0].routes.101: route '101' is also an extension"),
         (

@@ -22,6 +22,9 @@ never 200 (a phone nobody picks up). A caller with ``--wait-word`` hangs up
 when a line "hangup" comes on stdin (or after --talk seconds). A caller with
 ``--expect CODE`` expects its call to fail with that status, unanswered
 (``--cancel-after S``: it gives up itself after S s, a CANCEL, so 487).
+``--dtmf DIGITS`` presses keys (RFC 4733, pjsua's default) ``--dtmf-after`` s
+after the answer. (This pjsua2 wheel has no AudioMediaPlayer/Recorder and no
+stream statistics: what a phone hears is checked with baresip.)
 """
 
 from __future__ import annotations
@@ -150,6 +153,8 @@ def main() -> int:
     parser.add_argument("--ring-only", action="store_true", help="answer 180, never 200")
     parser.add_argument("--expect", type=int, help="the caller's call must fail with this code")
     parser.add_argument("--cancel-after", type=float, help="the caller gives up after S s")
+    parser.add_argument("--dtmf", help="keys to press (RFC 4733) once the call is answered")
+    parser.add_argument("--dtmf-after", type=float, default=1.0)
     args = parser.parse_args()
     Call.report_media = args.hold
     Call.stay = args.stay
@@ -204,10 +209,14 @@ def main() -> int:
             if not call.confirmed.wait(args.timeout):
                 say(state="not-confirmed")
                 return 1
+            if args.dtmf:
+                time.sleep(args.dtmf_after)
+                call.dialDtmf(args.dtmf)
+                say(dtmf=args.dtmf)
             if args.wait_word:
                 wait_for_word("hangup", args.talk)
             else:
-                time.sleep(args.talk)
+                call.disconnected.wait(args.talk)  # the other end may hang up first
             if args.hold:
                 call.setHold(pj.CallOpParam(True))  # re-INVITE with a=sendonly
                 time.sleep(args.talk)
@@ -215,7 +224,8 @@ def main() -> int:
                 resume.opt.flag = 1  # PJSUA_CALL_UNHOLD: a re-INVITE with a=sendrecv
                 call.reinvite(resume)
                 time.sleep(args.talk)
-            call.hangup(pj.CallOpParam())
+            if not call.disconnected.is_set():
+                call.hangup(pj.CallOpParam())
         elif not account.incoming.wait(args.timeout * 2):
             say(state="no-call")
             return 1

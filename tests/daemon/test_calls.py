@@ -226,8 +226,13 @@ def pjsua_call(
     return PhoneCall(caller, caller_out, callee, callee_out)
 
 
+def reports(output: str) -> list[dict[str, Any]]:
+    """The JSON lines a pjsua phone printed."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
 def states(output: str) -> list[str]:
-    return [json.loads(line)["state"] for line in output.splitlines() if line.startswith("{")]
+    return [report["state"] for report in reports(output) if "state" in report]
 
 
 def test_pjsua_phone_calls_phone(daemon: Daemon, work: Path) -> None:
