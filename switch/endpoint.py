@@ -56,6 +56,7 @@ from switch.sip.message import (
 from switch.sip.syntax import split_list
 from switch.sip.transaction import (
     T1,
+    T2,
     AckReceived,
     ClientInviteTransaction,
     ClientNonInviteTransaction,
@@ -103,6 +104,60 @@ class ServerRequest:
     def respond(self, response: Response) -> None:
         if not self.txn.terminated:
             self.endpoint._respond(self.txn, response)
+
+
+class OkUntilAck:
+    """Our 2xx to an INVITE, sent again until its ACK comes (RFC 3261 §13.3.1.4).
+
+    The INVITE server transaction ends at its 2xx, so the user-agent core resends it: over
+    UDP after T1, doubling up to T2; over a reliable transport never (the transport carries
+    it), but the wait is the same. No ACK within 64*T1 calls ``on_timeout``: the caller is
+    gone, and the core ends the dialog (BYE). ``acked`` stops it, and drops its references
+    (the callback is usually bound to a call: it must not outlive it).
+    """
+
+    __slots__ = ("_endpoint", "_ok", "_on_timeout", "_peer", "_timer")
+
+    def __init__(
+        self, incoming: ServerRequest, ok: Response, on_timeout: Callable[[], None]
+    ) -> None:
+        self._endpoint: SipEndpoint | None = incoming.endpoint
+        self._ok = ok
+        self._on_timeout: Callable[[], None] | None = on_timeout
+        self._peer: Peer | None = (
+            None
+            if incoming.peer.reliable
+            else response_peer(incoming.request.top_via, incoming.peer)
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm(incoming.endpoint.t1, 0.0)
+
+    @property
+    def waiting(self) -> bool:
+        return self._endpoint is not None
+
+    def acked(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._endpoint = self._on_timeout = None
+
+    def _arm(self, interval: float, waited: float) -> None:
+        assert self._endpoint is not None
+        step = interval if self._peer is not None else self._endpoint.t1
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(step, self._fire, min(2 * interval, T2), waited + step)
+
+    def _fire(self, interval: float, waited: float) -> None:
+        endpoint, on_timeout = self._endpoint, self._on_timeout
+        if endpoint is None or on_timeout is None:
+            return
+        if waited >= 64 * endpoint.t1:
+            self.acked()
+            on_timeout()
+            return
+        if self._peer is not None:
+            endpoint.transports.send(bytes(self._ok), self._peer)
+        self._arm(interval, waited)
 
 
 Core = Callable[[ServerRequest], None]

@@ -47,7 +47,6 @@ Not done here: PRACK, early media without a 18x to A, and 3xx redirection.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 from collections.abc import Callable, Sequence
@@ -58,17 +57,16 @@ import structlog
 
 from switch.b2bua.forks import Fork, Forks, Target, ignore, invite
 from switch.b2bua.media import MediaSession
-from switch.endpoint import ServerRequest, SipEndpoint, response_peer
+from switch.endpoint import OkUntilAck, ServerRequest, SipEndpoint
 from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
 from switch.sip.headers import NameAddr
 from switch.sip.message import Request, Response
-from switch.sip.transaction import T2
 from switch.sip.uri import parse_uri
 from switch.transport import Peer
 
 if TYPE_CHECKING:
-    from switch.b2bua.transfer import Departed, Resend, Transfer, TransferRecord
+    from switch.b2bua.transfer import Departed, Transfer, TransferRecord
 
 log = structlog.get_logger()
 
@@ -139,9 +137,14 @@ class Reinvite:
 
     incoming: ServerRequest
     side: Side
-    ok: Response | None = None  # our 2xx to it, retransmitted until its ACK (§13.3.1.4)
+    ok: Response | None = None  # our 2xx to it
     ack_cseq: int = 0  # the other leg's 2xx waits for that ACK to be ACKed
-    timer: asyncio.TimerHandle | None = None
+    wait: OkUntilAck | None = None  # ``ok`` resent until its ACK (§13.3.1.4)
+
+    def stop(self) -> None:
+        if self.wait is not None:
+            self.wait.acked()
+            self.wait = None
 
 
 class Call:
@@ -179,9 +182,8 @@ class Call:
         self.transfer: Transfer | None = None  # a REFER whose target is ringing
         self.transfers: list[TransferRecord] = []  # every change of party, for the record
         self.departed: dict[DialogId, Departed] = {}  # transferors' legs waiting for BYE
-        self.unacked: dict[DialogId, Resend] = {}  # our 2xx to an INVITE with Replaces
-        self._a_ok: Response | None = None  # our 2xx to A, retransmitted until A's ACK
-        self._timer: asyncio.TimerHandle | None = None  # our 2xx to A, until its ACK
+        self.unacked: dict[DialogId, OkUntilAck] = {}  # our 2xx to an INVITE with Replaces
+        self._a_ok: OkUntilAck | None = None  # our 2xx to A, until A's ACK (UDP)
         self._reinvite: Reinvite | None = None
         self._b_ack: int | None = None  # late offer: the CSeq of B's 2xx, ACKed with A's answer
         self._held_back: ServerRequest | None = None  # B's re-INVITE, until A's ACK comes
@@ -279,8 +281,7 @@ class Call:
         self.dialogs[self.a_dialog.id] = self
         self._emit(CCEventConnect())
         if not a.peer.reliable:
-            self._a_ok = ok
-            self._retransmit_ok(self.endpoint.t1, 0.0)
+            self._a_ok = OkUntilAck(a, ok, self._no_ack)
 
     def _fail(self, status: int, reason: str) -> None:
         if self.state not in (CallState.TRYING, CallState.RINGING):
@@ -313,27 +314,13 @@ class Call:
         a.respond(response)
         return response
 
-    # -- the 2xx to A until its ACK (§13.3.1.4) -----------------------------
-
-    def _retransmit_ok(self, interval: float, waited: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(interval, self._on_ok_timer, interval, waited + interval)
-
-    def _on_ok_timer(self, interval: float, waited: float) -> None:
-        self._timer = None
-        if self._a_ok is None or self.state is not CallState.CONNECTED:
-            return
-        if waited >= 64 * self.endpoint.t1:
-            # 64*T1 without an ACK: the caller is gone; end the call (§13.3.1.4)
-            log.info("no ACK from the caller", call_id=self.id)
-            self._hang_up(None)
-            return
-        a = self.incoming
-        self.endpoint.transports.send(bytes(self._a_ok), response_peer(a.request.top_via, a.peer))
-        self._retransmit_ok(min(2 * interval, T2), waited)
+    def _no_ack(self) -> None:
+        """64*T1 without an ACK for our 2xx: the caller is gone; end the call (§13.3.1.4)."""
+        log.info("no ACK from the caller", call_id=self.id)
+        self._hang_up(None)
 
     def on_ack(self, request: Request, dialog_id: DialogId) -> None:
-        unacked = self.unacked.get(dialog_id)
+        unacked = self.unacked.pop(dialog_id, None)
         if unacked is not None:
             unacked.acked()
             return
@@ -343,8 +330,7 @@ class Call:
         number = request.cseq.number
         first = number == self.incoming.request.cseq.number
         if side is Side.A and first and (self._a_ok is not None or self._b_ack is not None):
-            self._a_ok = None
-            self._stop_timer()
+            self._stop_a_ok()
             if self._b_ack is not None:
                 self._pass_ack(request, Side.A, self._b_ack)
                 self._b_ack = None
@@ -361,8 +347,7 @@ class Call:
         ):
             return
         self._reinvite = None
-        if reinvite.timer is not None:
-            reinvite.timer.cancel()
+        reinvite.stop()
         self._pass_ack(request, side, reinvite.ack_cseq)
 
     def _pass_ack(self, ack: Request, side: Side, cseq: int) -> None:
@@ -470,26 +455,11 @@ class Call:
             return
         reinvite.ok, reinvite.ack_cseq = ours, response.cseq.number
         if not incoming.peer.reliable:
-            self._resend_reinvite_ok(reinvite, self.endpoint.t1, 0.0)
+            reinvite.wait = OkUntilAck(incoming, ours, self._no_reinvite_ack)
 
-    def _resend_reinvite_ok(self, reinvite: Reinvite, interval: float, waited: float) -> None:
-        """Our 2xx to a re-INVITE until its ACK (§13.3.1.4), as for the first INVITE."""
-        loop = asyncio.get_running_loop()
-        reinvite.timer = loop.call_later(
-            interval, self._on_reinvite_timer, reinvite, interval, waited + interval
-        )
-
-    def _on_reinvite_timer(self, reinvite: Reinvite, interval: float, waited: float) -> None:
-        reinvite.timer = None
-        if self._reinvite is not reinvite or reinvite.ok is None:
-            return
-        if waited >= 64 * self.endpoint.t1:
-            log.info("no ACK for a re-INVITE", call_id=self.id)
-            self._hang_up(None)  # §14.2: no ACK for a re-INVITE's 2xx ends the dialog
-            return
-        request, peer = reinvite.incoming.request, reinvite.incoming.peer
-        self.endpoint.transports.send(bytes(reinvite.ok), response_peer(request.top_via, peer))
-        self._resend_reinvite_ok(reinvite, min(2 * interval, T2), waited)
+    def _no_reinvite_ack(self) -> None:
+        log.info("no ACK for a re-INVITE", call_id=self.id)
+        self._hang_up(None)  # §14.2: no ACK for a re-INVITE's 2xx ends the dialog
 
     def _side_of(self, dialog_id: DialogId) -> Side:
         return self.side_of(dialog_id) or Side.B
@@ -586,7 +556,7 @@ class Call:
         """End both legs: BYE to each side that did not hang up itself (``bye``: to all)."""
         if self.state is not CallState.CONNECTED:
             return
-        self._stop_timer()
+        self._stop_a_ok()
         self.state = CallState.DISCONNECTED
         transfer = self.transfer
         if transfer is not None:
@@ -609,8 +579,8 @@ class Call:
 
     def _end(self) -> None:
         reinvite, self._reinvite = self._reinvite, None
-        if reinvite is not None and reinvite.timer is not None:
-            reinvite.timer.cancel()
+        if reinvite is not None:
+            reinvite.stop()
         waiting = [reinvite.incoming if reinvite else None, self._held_back]
         self._held_back = None
         for incoming in waiting:
@@ -621,15 +591,16 @@ class Call:
                 self.dialogs.pop(dialog.id, None)
         for departed in list(self.departed.values()):
             departed.bye()
-        for unacked in list(self.unacked.values()):
+        for unacked in self.unacked.values():
             unacked.acked()
+        self.unacked.clear()
         self.media.close()
         self.leg_b.release()  # its callbacks are bound to this call: a cycle otherwise
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _stop_a_ok(self) -> None:
+        if self._a_ok is not None:
+            self._a_ok.acked()
+            self._a_ok = None
 
     def _emit(self, event: CCEvent) -> None:
         self.on_event(self, event)

@@ -55,11 +55,10 @@ from media.stats import Addr
 from switch.b2bua.endpoint_sdp import Agreed, Format, read_answer
 from switch.b2bua.forks import ignore
 from switch.b2bua.q850 import Cause, parse_reason
-from switch.endpoint import ServerRequest, response_peer
+from switch.endpoint import OkUntilAck, ServerRequest
 from switch.sip.dialog import Dialog
 from switch.sip.errors import ParseError
 from switch.sip.message import Request, Response
-from switch.sip.transaction import T2
 from switch.transport import Peer
 
 if TYPE_CHECKING:
@@ -331,7 +330,7 @@ class InboundLeg(Leg):
         self.request = incoming.request
         self.final: Response | None = None  # our final response to the INVITE
         self._offered: list[Format] = []  # late offer: what our 200 offered
-        self._ok: Response | None = None  # our 200, resent until the ACK
+        self._ok: OkUntilAck | None = None  # our 200, until the ACK
         self._acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         incoming.on_cancel = self._on_cancel
 
@@ -368,8 +367,7 @@ class InboundLeg(Leg):
         endpoint = self.call.endpoint
         self.dialog = Dialog.uas(self.request, ok, endpoint.contact_for(self.peer))
         self.call.dialogs[self.dialog.id] = self.call
-        self._ok = ok
-        self._resend_ok(endpoint.t1, 0.0)
+        self._ok = OkUntilAck(self.incoming, ok, self._no_ack)
 
     async def hangup(self, cause: Cause = Cause.NORMAL_CLEARING) -> None:
         """BYE once answered, else the final response ``cause`` stands for."""
@@ -408,22 +406,18 @@ class InboundLeg(Leg):
         self.call.cancelled = True
         self._end(Hangup(True, cause, 487))
 
-    def _resend_ok(self, interval: float, waited: float) -> None:
-        """Our 200 until the ACK (§13.3.1.4): every T1 doubling to T2 over UDP, 64*T1 in all."""
-        if self._acked.done() or self.state is not LegState.ANSWERED or self._ok is None:
+    def _end(self, hangup: Hangup) -> None:
+        if self._ok is not None:
+            self._ok.acked()  # a BYE (or our hangup) before the ACK: nothing to wait for
+        super()._end(hangup)
+
+    def _no_ack(self) -> None:
+        """No ACK for our 200 in 64*T1 (§13.3.1.4): the caller is gone."""
+        if self._acked.done() or self.state is not LegState.ANSWERED:
             return
-        t1 = self.call.endpoint.t1
-        if waited >= 64 * t1:
-            log.info("no ACK from the caller", call_id=self.call.id)
-            self._bye(Cause.RECOVERY_ON_TIMER_EXPIRY)
-            self._end(Hangup(False, Cause.RECOVERY_ON_TIMER_EXPIRY))
-            return
-        if waited and not self.peer.reliable:
-            destination = response_peer(self.request.top_via, self.peer)
-            self.call.endpoint.transports.send(bytes(self._ok), destination)
-        step = t1 if self.peer.reliable else interval  # a stream only waits, in T1 steps
-        loop = asyncio.get_running_loop()
-        loop.call_later(step, self._resend_ok, min(2 * interval, T2), waited + step)
+        log.info("no ACK from the caller", call_id=self.call.id)
+        self._bye(Cause.RECOVERY_ON_TIMER_EXPIRY)
+        self._end(Hangup(False, Cause.RECOVERY_ON_TIMER_EXPIRY))
 
     def on_ack(self, request: Request) -> None:
         if self._acked.done() or request.cseq.number != self.request.cseq.number:
@@ -437,6 +431,8 @@ class InboundLeg(Leg):
                 self._bye(Cause.INCOMPATIBLE_DESTINATION)
                 self._end(Hangup(False, Cause.INCOMPATIBLE_DESTINATION))
                 return
+        if self._ok is not None:
+            self._ok.acked()
         self._acked.set_result(None)
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,12 +64,11 @@ from media import Side as MediaSide
 from switch.b2bua.call import Call, Side
 from switch.b2bua.forks import Fork, Forks, Target, ignore, invite
 from switch.b2bua.media import RelayMedia, TransferMedia
-from switch.endpoint import ServerRequest, response_peer
+from switch.endpoint import OkUntilAck, ServerRequest
 from switch.sip.dialog import Dialog, DialogId, DialogState
 from switch.sip.errors import ParseError
 from switch.sip.headers import parse_name_addr
 from switch.sip.message import Request, Response
-from switch.sip.transaction import T2
 from switch.sip.uri import SipUri
 from switch.transport import Peer
 
@@ -429,7 +429,7 @@ def replace(call: Call, side: Side, incoming: ServerRequest, user: str) -> None:
     incoming.respond(ok)
     dialog = Dialog.uas(request, ok, call.endpoint.contact_for(incoming.peer))
     if not incoming.peer.reliable:
-        Resend(call, dialog.id, incoming, ok).start()
+        call.unacked[dialog.id] = OkUntilAck(incoming, ok, functools.partial(call.hang_up, None))
     record = TransferRecord(Kind.REPLACES, side, None, user, status=200)
     record.replaced = record.before = _leg_stats(replaced, side)
     record.joined_at, record.peer, record.sip_call_id = time.time(), incoming.peer, request.call_id
@@ -438,38 +438,6 @@ def replace(call: Call, side: Side, incoming: ServerRequest, user: str) -> None:
     call.transferred(record)
     if old is not None and old_peer is not None:
         Departed(call, old, old_peer).bye()
-
-
-class Resend:
-    """Our 2xx to an INVITE with Replaces until its ACK (§13.3.1.4)."""
-
-    def __init__(self, call: Call, dialog_id: DialogId, incoming: ServerRequest, ok: Response):
-        self.call, self.dialog_id, self.incoming, self.ok = call, dialog_id, incoming, ok
-        self.timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        self.call.unacked[self.dialog_id] = self
-        self._arm(self.call.endpoint.t1, 0.0)
-
-    def _arm(self, interval: float, waited: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(interval, self._fire, interval, waited + interval)
-
-    def _fire(self, interval: float, waited: float) -> None:
-        if self.call.unacked.get(self.dialog_id) is not self:
-            return
-        if waited >= 64 * self.call.endpoint.t1:
-            self.call.unacked.pop(self.dialog_id, None)
-            self.call.hang_up(None)
-            return
-        request, peer = self.incoming.request, self.incoming.peer
-        self.call.endpoint.transports.send(bytes(self.ok), response_peer(request.top_via, peer))
-        self._arm(min(2 * interval, T2), waited)
-
-    def acked(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.call.unacked.pop(self.dialog_id, None)
 
 
 def _other(side: Side) -> Side:
