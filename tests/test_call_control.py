@@ -90,12 +90,16 @@ class Phone:
         )
         return via
 
-    def in_dialog(self, method: str, ok: Response, cseq: int, via: str | None = None) -> None:
+    def in_dialog(
+        self, method: str, ok: Response, cseq: int, via: str | None = None, sdp: str = ""
+    ) -> None:
         to = ok.headers.get("To")
         self.send(
             f"{method} sip:500@127.0.0.1:{self.switch[1]} SIP/2.0\n{via or self._via()}\n"
             f"Max-Forwards: 70\nFrom: <sip:101@acme.example>;tag={self.tag}\nTo: {to}\n"
             f"Call-ID: {self.call_id}\nCSeq: {cseq} {method}\n"
+            + ("Content-Type: application/sdp\n" if sdp else ""),
+            sdp,
         )
 
     def respond(self, request: Request, status: str, body: str = "") -> None:
@@ -162,6 +166,11 @@ async def switch(tmp_path: Path) -> AsyncIterator[Switch]:
     dialogs: dict[DialogId, HandledCall] = {}
 
     def on_invite(incoming: ServerRequest) -> None:
+        dialog_id = uas_id(incoming.request)
+        known = find(dialog_id)
+        if known is not None and dialog_id is not None:  # a re-INVITE (§14.2)
+            known.on_request(incoming, dialog_id)
+            return
         call = HandledCall(endpoint, incoming, relay=relay, engine=engine, switchboard=board,
                            dialogs=dialogs, ring_timeout=5)  # fmt: skip
         calls.put_nowait(call)
@@ -169,7 +178,7 @@ async def switch(tmp_path: Path) -> AsyncIterator[Switch]:
     def find(dialog_id: DialogId | None) -> HandledCall | None:
         return dialogs.get(dialog_id) if dialog_id is not None else None
 
-    def on_bye(incoming: ServerRequest) -> None:
+    def on_in_dialog(incoming: ServerRequest) -> None:
         dialog_id = uas_id(incoming.request)
         call = find(dialog_id)
         assert call is not None and dialog_id is not None
@@ -188,7 +197,8 @@ async def switch(tmp_path: Path) -> AsyncIterator[Switch]:
             call.on_2xx_again(response, dialog_id)
 
     endpoint.cores["INVITE"] = on_invite
-    endpoint.cores["BYE"] = on_bye
+    endpoint.cores["BYE"] = on_in_dialog
+    endpoint.cores["UPDATE"] = on_in_dialog
     endpoint.ack_handler = on_ack
     endpoint.stray_2xx = on_2xx
     try:
@@ -289,6 +299,50 @@ async def test_cancel_interrupts_the_answer_wait(switch: Switch) -> None:
         with pytest.raises(CallerHungUp, match="the caller hung up"):
             await call.answer()
         assert call.cancelled and switch.board.events == [CCEventFail(487, "Request Terminated")]
+    finally:
+        phone.close()
+
+
+def origin(sdp: bytes) -> tuple[str, int]:
+    """(session id, version) of an SDP's o= line."""
+    fields = re.search(rb"^o=(.*?)\r$", sdp, re.M)
+    assert fields is not None, sdp
+    parts = fields.group(1).decode().split()
+    return parts[1], int(parts[2])
+
+
+async def test_hold_resume_and_refresh_are_answered_by_the_switch(switch: Switch) -> None:
+    phone = Phone(switch.port)
+    try:
+        call, ok = await answered(switch, phone)
+        first = origin(ok.body)
+        held = SDP.format(port=phone.port + 2) + "a=sendonly\r\n"
+        phone.in_dialog("INVITE", ok, 2, sdp=held)
+        answer = await phone.recv()
+        assert isinstance(answer, Response) and answer.status == 200, answer
+        assert b"a=recvonly" in answer.body and re.search(rb"RTP/AVP 8 101\r\n", answer.body)
+        assert origin(answer.body) == (first[0], first[1] + 1)  # RFC 3264 §8: same session
+        again = await phone.recv()  # resent until the ACK (§13.3.1.4)
+        assert isinstance(again, Response) and again.status == 200
+        phone.in_dialog("ACK", ok, 2)
+        assert call.caller.media is not None and call.caller.media.agreed is not None
+        assert call.caller.media.agreed.held
+        phone.in_dialog("INVITE", ok, 3, sdp=SDP.format(port=phone.port + 4))  # resume, moved
+        resumed = await phone.recv()
+        assert isinstance(resumed, Response) and resumed.status == 200
+        assert b"a=sendrecv" in resumed.body and origin(resumed.body)[1] == first[1] + 2
+        phone.in_dialog("ACK", ok, 3)
+        assert call.caller.media.agreed.port == phone.port + 4
+        phone.in_dialog("UPDATE", ok, 4)  # a session refresh (RFC 4028): nothing changes
+        refreshed = await phone.recv()
+        assert isinstance(refreshed, Response) and refreshed.status == 200 and not refreshed.body
+        pcmu_only = SDP.format(port=phone.port + 4).replace(" 8 0 101", " 0")
+        phone.in_dialog("INVITE", ok, 5, sdp=pcmu_only)  # the call is PCMA: cannot change
+        refused = await phone.recv()
+        assert isinstance(refused, Response) and refused.status == 488, refused
+        assert "PCMA" in refused.reason
+        assert call.state is LegState.ANSWERED
+        await call.hangup()
     finally:
         phone.close()
 

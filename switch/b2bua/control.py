@@ -218,12 +218,14 @@ class HandledCall:
         try:
             if offer:
                 prefer = next((leg.codec for leg in self.legs if not leg.ended), None)
-                body, agreed = endpoint_sdp.answer(offer, session.local(MediaSide.A), prefer)
+                body, agreed = endpoint_sdp.answer(
+                    offer, session.local(MediaSide.A), prefer, media.origin
+                )
                 media.point_at(agreed)
                 offered: list[Format] = []
             else:
                 offered = list(endpoint_sdp.DEFAULT_FORMATS)
-                body = endpoint_sdp.offer(session.local(MediaSide.A), offered)
+                body = endpoint_sdp.offer(session.local(MediaSide.A), offered, media.origin)
         except ParseError as exc:
             media.close()
             caller.refuse(488, f"Not Acceptable Here ({exc})"[:120], Cause.INCOMPATIBLE_DESTINATION)
@@ -268,7 +270,7 @@ class HandledCall:
             return DialFailure(attempt.target, 503, "No media ports", Cause.SWITCH_CONGESTION)
         media = LegMedia(session, MediaSide.B, self._endpoint_on(session, MediaSide.A), None)
         formats = self._formats_to_offer()
-        body = endpoint_sdp.offer(session.local(MediaSide.B), formats)
+        body = endpoint_sdp.offer(session.local(MediaSide.B), formats, media.origin)
         done: asyncio.Future[OutboundLeg | DialFailure] = asyncio.get_running_loop().create_future()
 
         def fork(target: Target) -> Fork:
@@ -395,9 +397,8 @@ class HandledCall:
             stats = media.stats()
             if media.endpoint is not None:
                 media.endpoint.close()
-            leg.media = LegMedia(
-                joined, side, None, media.agreed, (stats.packets_out, stats.bytes_out)
-            )
+            sent = (stats.packets_out, stats.bytes_out)
+            leg.media = LegMedia(joined, side, None, media.agreed, sent, origin=media.origin)
 
     def _bridge_in_engine(self, a: Leg, b: Leg, record: str | None) -> Callable[[], None]:
         """Bridge in the media engine's mixer; the function that undoes it."""

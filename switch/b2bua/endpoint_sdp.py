@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from media import LocalMedia
 from switch.sip.sdp import Connection, Media, SdpError, SessionDescription, parse_sdp
@@ -49,6 +49,19 @@ class Format:
 
 
 DEFAULT_FORMATS = (Format("0", "PCMU"), Format("8", "PCMA"), Format("101", EVENTS, fmtp="0-16"))
+
+
+@dataclass(slots=True)
+class Origin:
+    """The o= line of one leg's SDP: one session id for the leg's life, and a version that
+    grows with every description we send (RFC 4566 §5.2, RFC 3264 §8)."""
+
+    session: str = field(default_factory=lambda: str(secrets.randbelow(2**31)))
+    version: int = 0
+
+    def next(self, host: str) -> list[str]:
+        self.version += 1
+        return ["softswitch", self.session, str(self.version), "IN", "IP4", host]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +107,14 @@ def offered_formats(offer: bytes) -> list[Format]:
     return supported(audio) if audio is not None else []
 
 
-def answer(offer: bytes, local: LocalMedia, prefer: str | None = None) -> tuple[bytes, Agreed]:
+def answer(
+    offer: bytes, local: LocalMedia, prefer: str | None = None, origin: Origin | None = None
+) -> tuple[bytes, Agreed]:
     """Our answer to a phone's ``offer``, with ``local`` (the relay's ports) as our end.
 
     ``prefer``: the voice codec to choose if the phone offers it (the one a dialled leg
-    already uses, so that the two can be bridged). Raises ``SdpError`` when the offer has no
+    already uses, so that the two can be bridged); ``origin``: the leg's o= line (a new one
+    when this is its first description). Raises ``SdpError`` when the offer has no
     audio stream or no codec the switch takes (the caller answers 488).
     """
     desc = parse_sdp(offer)
@@ -120,12 +136,14 @@ def answer(offer: bytes, local: LocalMedia, prefer: str | None = None) -> tuple[
             streams.append(_stream(local, agreed.formats, direction))
         else:
             streams.append(Media(media.kind, 0, media.proto, list(media.formats)))
-    return _description(local, streams), agreed
+    return _description(local, streams, origin), agreed
 
 
-def offer(local: LocalMedia, formats: Sequence[Format] = DEFAULT_FORMATS) -> bytes:
+def offer(
+    local: LocalMedia, formats: Sequence[Format] = DEFAULT_FORMATS, origin: Origin | None = None
+) -> bytes:
     """Our offer of ``formats`` on the relay ports ``local``."""
-    return _description(local, [_stream(local, list(formats), "sendrecv")])
+    return _description(local, [_stream(local, list(formats), "sendrecv")], origin)
 
 
 def read_answer(body: bytes, offered: Sequence[Format]) -> Agreed:
@@ -163,10 +181,9 @@ def _stream(local: LocalMedia, formats: list[Format], direction: str) -> Media:
     return Media("audio", local.rtp_port, "RTP/AVP", [f.pt for f in formats], lines=lines)
 
 
-def _description(local: LocalMedia, streams: list[Media]) -> bytes:
-    session = str(secrets.randbelow(2**31))
+def _description(local: LocalMedia, streams: list[Media], origin: Origin | None) -> bytes:
     desc = SessionDescription(
-        origin=["softswitch", session, "1", "IN", "IP4", local.host],
+        origin=(origin or Origin()).next(local.host),
         name="softswitch",
         connection=Connection(local.host),
         lines=[("t", "0 0")],

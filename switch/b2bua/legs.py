@@ -32,8 +32,12 @@ SIP INFO (``application/dtmf-relay``, ``application/dtmf``) is a digit of the
 endpoint like an RFC 4733 one; a digit sent to a phone that offered no
 telephone-event goes out as INFO.
 
-Not done here: re-INVITE and UPDATE on a handled leg (488: the session stays
-as it was, so a phone's hold does not reach the other party), PRACK.
+A re-INVITE or UPDATE from a phone is answered by the switch (hold, resume, a
+new address, session refresh): the leg keeps its codec; a phone that holds in
+a bridge through the media engine leaves its partner with music on hold.
+
+Not done here: passing hold on to the partner's phone (a re-INVITE of our
+own), PRACK.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from media import Side as MediaSide
 from media.dtmf import info_body, parse_info
 from media.endpoint import EngineEndpoint
 from media.stats import Addr
-from switch.b2bua.endpoint_sdp import Agreed, Format, read_answer
+from switch.b2bua import endpoint_sdp
+from switch.b2bua.endpoint_sdp import Agreed, Format, Origin, read_answer
 from switch.b2bua.forks import ignore
 from switch.b2bua.q850 import Cause, parse_reason
 from switch.endpoint import OkUntilAck, ServerRequest
@@ -110,6 +115,13 @@ class CallerHungUp(HungUp):
     """The caller's leg ended: every operation of the call still awaited is interrupted."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Reoffer:
+    cseq: int
+    offered: list[Format]  # our offer in the 200 (a re-INVITE without SDP); else []
+    wait: OkUntilAck
+
+
 @dataclass(slots=True)
 class LegMedia:
     """A leg's audio: its relay session, the side facing its phone, the switch's endpoint."""
@@ -121,6 +133,7 @@ class LegMedia:
     # "out" counters of the sessions this leg left by being bridged (a join restarts them)
     sent_before: tuple[int, int] = (0, 0)
     final: LegStats | None = None  # frozen when the leg ended
+    origin: Origin = dataclasses.field(default_factory=Origin)  # our SDP's o= towards it
 
     def stats(self) -> LegStats:
         if self.final is not None:
@@ -175,6 +188,8 @@ class Leg:
         self.partner: Leg | None = None  # the leg bridged with this one
         self.answered_at: float | None = None
         self.ended_at: float | None = None
+        self._reoffer: _Reoffer | None = None  # our 2xx to a re-INVITE, until its ACK
+        self._holding = False  # the phone holds: its engine-bridged partner hears music
         self._ended: asyncio.Future[Hangup] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
@@ -272,6 +287,10 @@ class Leg:
             return
         self.state = LegState.ENDED
         self.ended_at = time.time()
+        if self._reoffer is not None:
+            self._reoffer.wait.acked()
+            self._reoffer = None
+        self._hold_music(False)
         if self.dialog is not None:
             self.dialog.terminate()
             self.call.dialogs.pop(self.dialog.id, None)
@@ -294,15 +313,81 @@ class Leg:
             self._end(Hangup(True, cause))
 
     def on_request(self, incoming: ServerRequest) -> None:
-        """Other requests in the dialog: INFO is taken (DTMF in it is a digit), offers are
-        refused."""
+        """Other requests in the dialog: INFO (DTMF in it is a digit), re-INVITE and UPDATE
+        (answered by the switch, see `_offer_again`); anything else gets 405... from the
+        endpoint before it comes here."""
         request = incoming.request
         status = self.dialog.receive_request(request) if self.dialog is not None else 481
+        if status is None and request.method in ("INVITE", "UPDATE"):
+            self._offer_again(incoming)
+            return
         if status is None:
             status = 200 if request.method == "INFO" else 488
             if request.method == "INFO":
                 self._info_digit(request)
         incoming.respond(request.response(status, None, incoming.to_tag))
+
+    def _offer_again(self, incoming: ServerRequest) -> None:
+        """A re-INVITE or UPDATE (§14, RFC 3311): hold, resume, a new address, a refresh.
+
+        The switch answers it: the codec stays the one the leg has (its bridge or endpoint
+        depends on it: an offer without it gets 488), the direction and address follow the
+        phone, and the relay stops counting a held phone as silent. A phone that holds in a
+        bridge through the engine leaves its partner with music on hold. A re-INVITE with no
+        SDP gets our offer in the 200 and its answer in the ACK; an UPDATE with none is a
+        session refresh (RFC 4028) and changes nothing.
+        """
+        request, media = incoming.request, self.media
+        if media is None or media.agreed is None or self.state is not LegState.ANSWERED:
+            incoming.respond(request.response(488, None, incoming.to_tag))
+            return
+        if self._reoffer is not None:  # §14.2: one offer at a time
+            incoming.respond(request.response(491, None, incoming.to_tag))
+            return
+        local, offered = media.session.local(media.side), list[Format]()
+        if request.body:
+            try:
+                body, agreed = endpoint_sdp.answer(request.body, local, media.codec, media.origin)
+                if agreed.voice.name != media.codec:
+                    raise ParseError(f"the call's codec is {media.codec}")
+            except ParseError as exc:
+                reason = f"Not Acceptable Here ({exc})"[:120]
+                incoming.respond(request.response(488, reason, incoming.to_tag))
+                return
+            media.point_at(agreed)
+            self._hold_music(agreed.held)
+        elif request.method == "UPDATE":
+            body = b""
+        else:
+            offered = media.agreed.formats
+            body = endpoint_sdp.offer(local, offered, media.origin)
+        ok = request.response(200, "OK", incoming.to_tag)
+        ok.headers.add("Contact", self.call.endpoint.contact_for(self.peer))
+        if body:
+            ok.headers.add("Content-Type", "application/sdp")
+            ok.body = body
+        incoming.respond(ok)
+        if request.method == "INVITE":
+            wait = OkUntilAck(incoming, ok, self._no_reoffer_ack)
+            self._reoffer = _Reoffer(request.cseq.number, offered, wait)
+
+    def _no_reoffer_ack(self) -> None:
+        self._reoffer = None
+        if self.state is LegState.ANSWERED:
+            log.info("no ACK for a re-INVITE", call_id=self.call.id, leg=self.name)
+            self._bye(Cause.RECOVERY_ON_TIMER_EXPIRY)  # §14.2
+            self._end(Hangup(False, Cause.RECOVERY_ON_TIMER_EXPIRY))
+
+    def _hold_music(self, held: bool) -> None:
+        partner = self.partner
+        endpoint = partner.media.endpoint if partner and partner.media else None
+        if endpoint is None or held == self._holding:
+            return
+        self._holding = held
+        if held:
+            endpoint.start_music()
+        else:
+            endpoint.stop_music()
 
     def _info_digit(self, request: Request) -> None:
         got = parse_info(request.headers.get("Content-Type") or "", request.body)
@@ -315,7 +400,18 @@ class Leg:
             self.partner.send_info(got.digit)
 
     def on_ack(self, request: Request) -> None:
-        """An ACK for a 2xx of ours (the inbound leg's)."""
+        """An ACK for a 2xx of ours: to a re-INVITE here (the first INVITE's: InboundLeg)."""
+        pending = self._reoffer
+        if pending is None or request.cseq.number != pending.cseq:
+            return
+        self._reoffer = None
+        pending.wait.acked()
+        if pending.offered and self.media is not None:
+            try:  # §13.2.1 again: our 200 offered, the ACK answers
+                self.media.point_at(read_answer(request.body, pending.offered))
+                self._hold_music(self.media.agreed is not None and self.media.agreed.held)
+            except ParseError as exc:
+                log.info("bad SDP in an ACK", call_id=self.call.id, leg=self.name, error=str(exc))
 
     def on_2xx_again(self, response: Response) -> None:
         """A retransmitted 2xx (an outbound leg's): our ACK was lost."""
@@ -421,6 +517,7 @@ class InboundLeg(Leg):
 
     def on_ack(self, request: Request) -> None:
         if self._acked.done() or request.cseq.number != self.request.cseq.number:
+            super().on_ack(request)
             return
         if self._offered and self.media is not None:
             # §13.2.1: our 200 carried the offer, the ACK carries the answer.
