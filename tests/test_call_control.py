@@ -303,6 +303,36 @@ async def test_cancel_interrupts_the_answer_wait(switch: Switch) -> None:
         phone.close()
 
 
+async def test_a_recorded_bridge_is_paused_and_resumed(switch: Switch) -> None:
+    phone, far = Phone(switch.port), Phone(switch.port)
+    switch.board.phone = far
+    try:
+        call, _ = await answered(switch, phone)
+        with pytest.raises(WrongState, match="not in a recorded bridge"):
+            call.pause_recording()
+        dialling = asyncio.create_task(call.dial("102", timeout=5))
+        invite = await far.recv()
+        assert isinstance(invite, Request)
+        far.respond(invite, "200 OK", SDP.format(port=far.port + 2).replace(" 8 0 101", " 8"))
+        leg = await asyncio.wait_for(dialling, 3)
+        assert isinstance(leg, OutboundLeg)
+        bridging = asyncio.create_task(call.bridge(call.caller, leg, record="rec/1.wav"))
+        await asyncio.sleep(0.2)
+        recording = call.recording
+        assert recording is not None and recording.path.name == "1.wav"
+        call.pause_recording()
+        assert recording.paused
+        call.resume_recording()
+        assert not recording.paused
+        await call.hangup()
+        await asyncio.wait_for(bridging, 3)
+        assert recording.done.done() and recording.path.exists()
+        assert 0.1 < recording.duration < 2
+    finally:
+        phone.close()
+        far.close()
+
+
 def origin(sdp: bytes) -> tuple[str, int]:
     """(session id, version) of an SDP's o= line."""
     fields = re.search(rb"^o=(.*?)\r$", sdp, re.M)

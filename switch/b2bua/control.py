@@ -388,6 +388,17 @@ class HandledCall:
         log.info("bridge ended", call_id=self.id, by=gone.name)
         return gone
 
+    def pause_recording(self, paused: bool = True) -> None:
+        """Write silence instead of the call into its recording until resumed (a caller
+        reading out a card number); the file keeps the call's timeline."""
+        if self.recording is None or self.recording.done.done():
+            raise WrongState(self.caller, "pause_recording", "is not in a recorded bridge")
+        self.recording.paused = paused
+        log.info("recording paused" if paused else "recording resumed", call_id=self.id)
+
+    def resume_recording(self) -> None:
+        self.pause_recording(False)
+
     def _join(self, a: Leg, b: Leg) -> None:
         """Bridge in the relay: one session of the two phones, the endpoints step out."""
         ma, mb = a.media, b.media
