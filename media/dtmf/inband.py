@@ -179,14 +179,15 @@ class InbandDetector:
         held, run, reported, absent = self._counters[rows].T
         found = np.full(len(rows), -1, np.int8)
         for key in keys.T:
-            run = np.where(key < 0, 0, np.where(key == held, np.minimum(run + 1, RUN + 1), 1))
+            # Arithmetic on booleans rather than np.where: these arrays are often tiny, and
+            # then the per-call cost of each NumPy function is what counts.
+            run = np.minimum(run * (key == held) + 1, RUN + 1) * (key >= 0)
             held = key
-            absent = np.where(key == reported, 0, np.minimum(absent + 1, GAP))
-            reported = np.where(absent >= GAP, -1, reported)
+            absent = np.minimum((absent + 1) * (key != reported), GAP)
+            reported[absent >= GAP] = -1
             new = (run == RUN) & (key != reported)
-            found = np.where(new, key, found)
-            reported = np.where(new, key, reported)
-            absent = np.where(new, 0, absent)
+            found[new] = reported[new] = key[new]
+            absent[new] = 0
         self._counters[rows] = np.stack([held, run, reported, absent], 1)
         return found
 

@@ -14,6 +14,7 @@ import pytest
 
 from media.dtmf import DIGITS, InbandDetector, tone
 from media.dtmf.inband import DBM0_AMPLITUDE, FRAME, RATE
+from tests.media.captures import CAPTURES, rtp_payloads
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -73,10 +74,13 @@ def mulaw(audio: Audio) -> Audio:
 
 
 def alaw(audio: Audio) -> Audio:
+    return alaw_decode(audioop.lin2alaw(audio.tobytes(), 2))
+
+
+def alaw_decode(data: bytes) -> Audio:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        data = audioop.alaw2lin(audioop.lin2alaw(audio.tobytes(), 2), 2)
-    return np.frombuffer(data, np.int16)
+        return np.frombuffer(audioop.alaw2lin(data, 2), np.int16)
 
 
 def noise(ms: int, level_dbm0: float) -> Audio:
@@ -170,6 +174,19 @@ def test_not_keys() -> None:
         mix(tone("5", 100), tone("9", 100)),  # two keys at once
     ]
     assert detect(signals) == [""] * len(signals)
+
+
+@pytest.mark.skipif(not CAPTURES.is_dir(), reason="sip-tester is not installed (scripts/test)")
+def test_recorded_audio_is_not_keys_but_keys_over_it_are() -> None:
+    """sipp's g711a.pcap: 7 s of real recorded audio as phones send it."""
+    recording = alaw_decode(b"".join(p for _, p in rtp_payloads(CAPTURES / "g711a.pcap")))
+    assert len(recording) > 7 * RATE
+    louder = np.clip(recording.astype(np.int32) * 2, -32768, 32767).astype(np.int16)
+    sequence = keys("2580#*14", gap_ms=60, ms=70)
+    dialled = np.zeros_like(recording)
+    dialled[RATE : RATE + len(sequence)] = sequence
+    over = alaw(mix(recording // 4, dialled))  # talking, 12 dB lower, while dialling
+    assert detect([recording, louder, over]) == ["", "", "2580#*14"]
 
 
 def test_key_in_noise_and_over_speech() -> None:
