@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from media.dtmf import DIGITS, Digit, EventReceiver, event_packets, info_body, parse_info
 from tests.media.captures import CAPTURES, rtp_payloads
@@ -114,6 +116,37 @@ def test_long_press_in_segments_reported_once() -> None:
     packets += [(second, struct.pack("!BBH", 5, 0x80 | 10, 8000))] * 3
     packets.insert(-5, (start, struct.pack("!BBH", 5, 10, 0xFFFF)))  # a late one
     assert feed_all(EventReceiver(), packets) == [Digit("5", (0xFFFF + 8000) // 8, 10)]
+
+
+@st.composite
+def network(draw: st.DrawFn) -> tuple[list[str], list[tuple[int, bytes]]]:
+    """Presses as sent, and their packets after random loss, duplication and local reordering.
+
+    Each press keeps at least one packet (a press of which nothing arrives is not knowable).
+    """
+    presses = draw(st.lists(st.tuples(st.sampled_from(DIGITS), st.integers(20, 400)), max_size=8))
+    ts = draw(st.integers(0, 0xFFFFFFFF))
+    sent: list[str] = []
+    packets: list[tuple[int, bytes]] = []
+    for key, duration_ms in presses:
+        mine = press(key, ts, duration_ms)
+        kept = [p for p in mine if draw(st.booleans())] or [draw(st.sampled_from(mine))]
+        packets += [p for p in kept for _ in range(draw(st.integers(1, 2)))]
+        sent.append(key)
+        ts = (ts + duration_ms * 8 + draw(st.integers(1, 2000))) & 0xFFFFFFFF
+    for i in range(len(packets) - 1):
+        if draw(st.booleans()) and draw(st.booleans()):
+            packets[i], packets[i + 1] = packets[i + 1], packets[i]
+    return sent, packets
+
+
+@given(network())
+def test_every_press_reported_once_whatever_the_network_does(
+    case: tuple[list[str], list[tuple[int, bytes]]],
+) -> None:
+    sent, packets = case
+    got = [d.digit for d in feed_all(EventReceiver(), packets)]
+    assert sorted(got) == sorted(sent)
 
 
 def test_bad_payloads_are_counted_not_raised() -> None:
