@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from media.dtmf import DIGITS, EventReceiver, event_packets
+from media.dtmf import DIGITS, EventReceiver, event_packets, tone
 from media.forward import bind_udp
 from media.jitter import HEADER
 from media.stats import Addr
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from media.engine import MediaEngine
 
 __all__ = ["EngineEndpoint"]
+
+EVENTS_IDLE = 0.3  # s without RFC 4733 packets after which a press is taken as ended
 
 
 class EngineEndpoint:
@@ -68,6 +70,7 @@ class EngineEndpoint:
         self.on_info: Callable[[str], None] | None = None  # sends a digit by SIP INFO
         self._receiver = EventReceiver()
         self._event_ssrc: int | None = None
+        self._idle: asyncio.TimerHandle | None = None  # flushes the receiver when events stop
         self._digits: deque[str] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._events: deque[tuple[bytes, bool]] = deque()  # RFC 4733 packets to send
@@ -134,13 +137,23 @@ class EngineEndpoint:
         elif pt == self.events_pt:
             ssrc = int.from_bytes(cell[8:12], "big")
             if ssrc != self._event_ssrc:
+                self._events_stopped()  # what the old stream left unfinished
                 self._receiver = EventReceiver()
                 self._event_ssrc = ssrc
             got = self._receiver.feed(bytes(cell[start:n]), int.from_bytes(cell[4:8], "big"))
             if got is not None:
                 self.digit(got.digit)
+            # A press whose end packets were all lost is reported once the events stop.
+            if self._idle is not None:
+                self._idle.cancel()
+            self._idle = self.engine.loop.call_later(EVENTS_IDLE, self._events_stopped)
         else:
             self.bad += 1
+
+    def _events_stopped(self) -> None:
+        self._idle = None
+        while (got := self._receiver.flush()) is not None:
+            self.digit(got.digit)
 
     def digit(self, digit: str, *, in_audio: bool = False) -> None:
         """The phone pressed ``digit`` (``in_audio``: heard as tones, which a bridged phone
@@ -185,8 +198,6 @@ class EngineEndpoint:
         elif self.on_info is not None:
             self.on_info(digit)
         else:  # no telephone-event, no signalling: the tone itself, in the audio
-            from media.dtmf import tone
-
             span = self.engine.samples(f"tone {digit} {duration_ms}", tone(digit, duration_ms))
             self.engine.players.play(self.row, [span])
 
@@ -287,6 +298,9 @@ class EngineEndpoint:
             return
         self.engine.loop.remove_reader(sock.fileno())
         sock.close()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         self.engine.release(self.row)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
