@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
-
-# The media engine's NumPy work is small matrices on the event loop's thread; a BLAS
-# thread pool per process would only compete with the loop (and with other workers).
-for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_blas, "1")
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import signal
+import sys
+from pathlib import Path
 
 from switch.config import Config, ConfigError, load_config
 
