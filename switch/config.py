@@ -41,6 +41,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from media.config import RelayConfig
+from media.prompts import Prompts
 from switch.numbers import COUNTRIES, to_e164
 from switch.yamlsource import (
     ConfigError,
@@ -621,6 +622,36 @@ class Config(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _prompts_exist(self) -> Self:
+        """Every prompt a route plays is in the prompt set (or is a WAV file that exists)."""
+        prompts = Prompts(self.media.prompts)
+        for i, tenant in enumerate(self.tenants):
+            for number, route in tenant.routes.items():
+                lang = getattr(route, "language", None) or self.media.language
+                if isinstance(route, PlayPrompts):
+                    named = [(p, ("tenants", i, "routes", number, "play", k))
+                             for k, p in enumerate(route.play)]  # fmt: skip
+                elif isinstance(route, Menu):
+                    at = ("tenants", i, "routes", number)
+                    named = [(route.prompt, (*at, "prompt"))] + [
+                        (name, at) for name in ("menu-invalid", "menu-timeout", "goodbye")
+                    ]
+                elif isinstance(route, Voicemail):
+                    named = [(n, ("tenants", i, "routes", number)) for n in ("voicemail", "beep")]
+                else:
+                    continue
+                known = prompts.names(lang) if lang in prompts.languages() else []
+                for name, at in named:
+                    if name.endswith(".wav") or "/" in name:
+                        if not Path(name).is_file():
+                            raise _invalid(f"no WAV file {name!r}", at=at)
+                    elif name not in known:
+                        close = difflib.get_close_matches(name, known, 3)
+                        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                        raise _invalid(f"no prompt {name!r} in language {lang!r}{hint}", at=at)
+        return self
+
     def tenant_by_domain(self, domain: str) -> Tenant | None:
         return self._by_domain.get(domain.lower())
 
@@ -697,7 +728,7 @@ _EXPECTED = {
 # pydantic puts the tag of a route's handler into the location of its errors; the YAML has
 # no such key (routes.500.follow-me.timeout is routes.500.timeout).
 _ROUTE_TAGS = frozenset(get_args(m.model_fields["handler"].annotation)[0]
-                        for m in (AnswerHangup, FollowMe))  # fmt: skip
+                        for m in get_args(get_args(Route)[0]))  # fmt: skip
 
 
 def _without_tags(loc: Loc) -> Loc:
@@ -709,7 +740,7 @@ def _without_tags(loc: Loc) -> Loc:
 
 def _validation_problem(path: Path, root: yaml.Node | None, error: ErrorDetails) -> Problem:
     ctx = error.get("ctx", {})
-    loc: Loc = _without_tags((*error["loc"], *ctx.get("at", ())))
+    loc: Loc = (*_without_tags(error["loc"]), *ctx.get("at", ()))  # ours have no tags
     line, node = locate(root, loc)
     kind = error["type"]
     if kind == "missing":

@@ -15,7 +15,16 @@ from media import LocalMedia
 from switch.b2bua import endpoint_sdp
 from switch.b2bua.q850 import Cause, cause_of, parse_reason
 from switch.b2bua.routing import ToExtension, ToHandler, dialled
-from switch.config import AnswerHangup, Config, ConfigError, FollowMe, load_config
+from switch.config import (
+    AnswerHangup,
+    Config,
+    ConfigError,
+    FollowMe,
+    Menu,
+    PlayPrompts,
+    Voicemail,
+    load_config,
+)
 from switch.sip.sdp import SdpError, parse_sdp
 
 ROUTES = """\
@@ -87,6 +96,46 @@ def test_route_mistakes_are_named(tmp_path: Path, old: str, new: str, expected: 
     assert old in ROUTES
     (found,) = problems(tmp_path, ROUTES.replace(old, new, 1))
     assert expected in found
+
+
+MEDIA_ROUTES = (
+    ROUTES
+    + """\
+      "502": {handler: prompt, play: [greeting, goodbye], language: ru}
+      "503": {handler: menu, prompt: greeting, choices: {"1": "101"}}
+      "504": {handler: voicemail, extension: "101"}
+"""
+)
+
+
+def test_media_routes_are_read_with_their_defaults(tmp_path: Path) -> None:
+    routes = load(tmp_path, MEDIA_ROUTES).tenants[0].routes
+    assert routes["502"] == PlayPrompts(handler="prompt", play=["greeting", "goodbye"],
+                                        language="ru")  # fmt: skip
+    menu = routes["503"]
+    assert isinstance(menu, Menu)
+    assert (menu.choices, menu.digits, menu.timeout, menu.tries) == ({"1": "101"}, 1, 5.0, 3)
+    assert routes["504"] == Voicemail(handler="voicemail", extension="101")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("play: [greeting, goodbye]", "play: [greeting, godbye]",
+         "11: tenants[0].routes.502.play[1]: no prompt 'godbye' in language 'ru' "
+         "(did you mean goodbye?)"),
+        ("prompt: greeting", "prompt: /nowhere/hello.wav",
+         "12: tenants[0].routes.503.prompt: no WAV file '/nowhere/hello.wav'"),
+        ('choices: {"1": "101"}', 'choices: {"1": "109"}',
+         "12: tenants[0].routes.503.choices.1: menu names unknown extension '109'"),
+        ("play: [greeting, goodbye]", "play: []",
+         "11: tenants[0].routes.502.play: got a list (expected at least 1 item"),
+    ],
+)  # fmt: skip
+def test_media_route_mistakes_are_named(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in MEDIA_ROUTES
+    (found,) = problems(tmp_path, MEDIA_ROUTES.replace(old, new, 1))
+    assert found.startswith(expected), found
 
 
 def test_routes_need_the_media_relay(tmp_path: Path) -> None:
