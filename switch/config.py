@@ -629,11 +629,12 @@ class Config(_Section):
         for i, tenant in enumerate(self.tenants):
             for number, route in tenant.routes.items():
                 lang = getattr(route, "language", None) or self.media.language
+                named: list[tuple[str, Loc]]
                 if isinstance(route, PlayPrompts):
                     named = [(p, ("tenants", i, "routes", number, "play", k))
                              for k, p in enumerate(route.play)]  # fmt: skip
                 elif isinstance(route, Menu):
-                    at = ("tenants", i, "routes", number)
+                    at: Loc = ("tenants", i, "routes", number)
                     named = [(route.prompt, (*at, "prompt"))] + [
                         (name, at) for name in ("menu-invalid", "menu-timeout", "goodbye")
                     ]
