@@ -28,13 +28,14 @@ def test_the_daemon_migrates_an_old_store_and_keeps_its_calls(
     steps = [event["step"] for event in daemon.events_named("schema migrated")]
     added = "added referred_by, answered_at, ended_at"
     assert f"adopted table call_legs made before migrations: {added}" in steps, steps
+    assert "added calls.recording_seconds" in steps, steps  # revision 0002
     port = register_callee(daemon, work)
     with callee(daemon, work, "call_uas_answer.xml", port) as uas:
         caller = call(daemon, work, "call_uac_bye.xml")
     assert ok(caller), caller
     assert ok(uas[0]), uas[0]
     before, new = records(daemon, count=2)
-    assert [before] == old_call
+    assert [before] == [{**row, "recording_seconds": None} for row in old_call]
     legs = call_legs(daemon, "old-call")
     assert legs == [{**leg, "referred_by": None, "answered_at": None, "ended_at": None}
                     for leg in old_legs]  # fmt: skip
