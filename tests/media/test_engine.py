@@ -57,6 +57,17 @@ def connect(engine: MediaEngine, phones: Callable[[], Phone]) -> Connect:
     return make
 
 
+def bridged(
+    engine: MediaEngine, connect: Connect, codec_a: str, codec_b: str
+) -> tuple[tuple[EngineEndpoint, Phone], tuple[EngineEndpoint, Phone]]:
+    """Two endpoints and their phones, bridged in the engine's mixer."""
+    a, b = connect(codec_a), connect(codec_b)
+    bridge = engine.conference()
+    bridge.add(a[0].row)
+    bridge.add(b[0].row)
+    return a, b
+
+
 def write_wav(path: Path, samples: np.ndarray, rate: int = 8000) -> Path:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
@@ -136,11 +147,7 @@ async def test_the_packaged_music_on_hold_plays(connect: Connect) -> None:
 async def test_pcmu_and_pcma_phones_bridged_hear_each_other(
     engine: MediaEngine, connect: Connect
 ) -> None:
-    a, phone_a = connect("PCMU")
-    b, phone_b = connect("PCMA")
-    bridge = engine.conference()
-    bridge.add(a.row)
-    bridge.add(b.row)
+    (a, phone_a), (b, phone_b) = bridged(engine, connect, "PCMU", "PCMA")
     at_a = asyncio.ensure_future(gather(phone_a, 1.4))
     at_b = asyncio.ensure_future(gather(phone_b, 1.4))
     await asyncio.gather(
@@ -156,11 +163,7 @@ async def test_pcmu_and_pcma_phones_bridged_hear_each_other(
 async def test_a_bridged_call_is_recorded_caller_left_callee_right(
     engine: MediaEngine, connect: Connect, tmp_path: Path
 ) -> None:
-    a, phone_a = connect("PCMU")
-    b, phone_b = connect("PCMA")
-    bridge = engine.conference()
-    bridge.add(a.row)
-    bridge.add(b.row)
+    (a, phone_a), (b, phone_b) = bridged(engine, connect, "PCMU", "PCMA")
     recording = engine.record("call.wav", [a.row, b.row])
     await asyncio.gather(
         send_stream(phone_a, a.address, packets(sine(600, 1.0), "PCMU")),
@@ -294,13 +297,8 @@ async def test_recording_a_phone_ends_at_its_terminator(connect: Connect, tmp_pa
     talking.cancel()
 
 
-async def test_reordered_packets_play_in_order(connect: Connect) -> None:
-    a, phone_a = connect()
-    b, phone_b = connect()
-    engine = a.engine
-    bridge = engine.conference()
-    bridge.add(a.row)
-    bridge.add(b.row)
+async def test_reordered_packets_play_in_order(engine: MediaEngine, connect: Connect) -> None:
+    (a, phone_a), (_, phone_b) = bridged(engine, connect, "PCMU", "PCMU")
     ramp = (np.arange(160 * 30) * 4 - 9600).astype(np.int16)  # rises monotonically
     stream = packets(ramp)
     for i in range(2, len(stream) - 1, 4):  # swap every 4th pair
