@@ -496,7 +496,9 @@ def _fork_leg(n: int, fork: Fork) -> LegRecord:
         address=_address(fork.target.peer),
         local_tag=fork.request.from_.tag,
         remote_tag=None,
-        status=fork.final,
+        # A fork we CANCELled whose 487 (§9.2) had not come when the call ended: the record
+        # is written then, and says what the CANCEL brings rather than nothing.
+        status=fork.final if fork.final is not None or not fork.cancelled else 487,
         answered=False,
     )
 

@@ -92,7 +92,7 @@ def fork(n: int) -> Any:
         .replace(b"INVITE sip:102@acme.example", f"INVITE sip:102@192.0.2.{20 + n}".encode())
     )
     target = SimpleNamespace(uri=f"sip:102@192.0.2.{20 + n}", peer=Peer("udp", "192.0.2.20", 5062))
-    return SimpleNamespace(request=invite, target=target, final=None, reason="")
+    return SimpleNamespace(request=invite, target=target, final=None, reason="", cancelled=False)
 
 
 def answer(call: Any, n: int = 0) -> None:
@@ -135,7 +135,7 @@ async def test_answered_call_is_active_then_ended_with_its_legs(store: Store) ->
 
     clock.now = T0 + 3.2
     answer(call, 1)
-    call.forks[0].final = 487
+    call.forks[0].cancelled = True  # CANCEL sent, its 487 not in when the call ends
     recorder.on_event(call, CCEventConnect())
     clock.now = T0 + 65.4
     call.state = CallState.DISCONNECTED

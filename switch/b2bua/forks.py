@@ -58,6 +58,7 @@ class Fork:
         self.txn: ClientTransaction | None = None
         self.final: int | None = None
         self.reason = ""  # of the final response
+        self.cancelled = False  # we sent CANCEL before its final response came
 
 
 def invite(
@@ -129,6 +130,7 @@ class Forks:
         self.done = True
         for fork in self.forks:
             if fork.final is None and fork.txn is not None:
+                fork.cancelled = True
                 self.endpoint.cancel(fork.txn, reason)
 
     def release(self) -> None:
