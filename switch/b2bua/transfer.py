@@ -6,7 +6,8 @@ takes the transferor's place (its ``Side`` of the ``Call``). We act as the
 transferee towards the transferor: 202 Accepted, then NOTIFYs in the same
 dialog (the implicit subscription, RFC 3515 §2.4.4 and RFC 6665) with
 ``Event: refer;id=<REFER CSeq>`` and ``message/sipfrag`` bodies: ``SIP/2.0
-100 Trying`` (``Subscription-State: active``), then the final status of the
+100 Trying`` (``Subscription-State: active``), ``SIP/2.0 180 Ringing`` once the
+target rings (a blind transfer), then the final status of the
 new leg (``terminated;reason=noresource``). Each NOTIFY waits for the
 response to the one before, so they arrive in order. ``Refer-Sub: false``
 (RFC 4488) gets 202 with ``Refer-Sub: false`` and no NOTIFY at all.
@@ -261,6 +262,7 @@ class Transfer:
         self.subscription = Subscription(call, side, refer.request, expires) if subscribed else None
         self.forks: Forks | None = None
         self.transferor_left = False
+        self.rang = False  # the transferor was told the target rings
         response = refer.request.response(202, "Accepted", refer.to_tag)
         if not subscribed:
             response.headers.add("Refer-Sub", "false")  # RFC 4488 §4
@@ -297,11 +299,17 @@ class Transfer:
         self.forks = Forks(
             call.endpoint,
             ring_timeout=call.ring_timeout,
-            on_ring=lambda response: None,
+            on_ring=self._on_ring,
             on_answer=self._on_answer,
             on_fail=self._failed,
         )
         self.forks.start(self.record.forks)
+
+    def _on_ring(self, response: Response) -> None:
+        """The target rings: the transferor hears of it once (RFC 3515 §2.4.5, a 1xx)."""
+        if not self.rang:
+            self.rang = True
+            self._notify(response.status, response.reason, final=False)
 
     def _on_answer(self, fork: Fork, dialog: Dialog, response: Response) -> None:
         call, peer = self.call, fork.target.peer

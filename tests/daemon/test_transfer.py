@@ -113,7 +113,7 @@ def test_blind_transfer_connects_the_caller_with_the_target(daemon: Daemon, work
     assert states(alice_says) == ["registered", "confirmed", "disconnected"], alice_says
     assert states(carol_says) == ["registered", "confirmed", "disconnected"], carol_says
     assert states(bob_says) == ["registered", "confirmed", "disconnected"], bob_says
-    assert xfers(bob_says) == [(100, False), (100, False), (200, True)], bob_says
+    assert xfers(bob_says) == [(100, False), (100, False), (180, False), (200, True)], bob_says
     assert t.codes == (0, 0, 0), t
     (row,) = records(daemon)
     assert (row["caller"], row["callee"], row["disposition"]) == ("101", "102", "answered")
@@ -141,7 +141,7 @@ def test_transfer_to_a_busy_phone_leaves_the_call_as_it_was(daemon: Daemon, work
     )
     event, alice_says, bob_says = t.event, t.alice, t.bob
     assert event["status"] == 486, event
-    assert xfers(bob_says) == [(100, False), (100, False), (486, True)], bob_says
+    assert xfers(bob_says) == [(100, False), (100, False), (180, False), (486, True)], bob_says
     assert states(alice_says) == ["registered", "confirmed", "disconnected"], alice_says
     assert states(bob_says) == ["registered", "confirmed", "disconnected"], bob_says
     assert t.codes[:2] == (0, 0), t
