@@ -55,8 +55,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from media import Side as MediaSide
 from switch.b2bua.forks import Fork, Forks, Target, ignore, invite
-from switch.b2bua.media import MediaSession
+from switch.b2bua.media import MediaSession, RelayMedia
 from switch.endpoint import OkUntilAck, ServerRequest, SipEndpoint
 from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
@@ -502,8 +503,49 @@ class Call:
         replaced = self.users.get(record.side, "")
         if record.status == 200:
             self.users[record.side] = record.target
+            for side in Side:
+                self._unhold(side)
         self._emit(CCEventTransfer(record.kind.value, record.side, record.by, replaced,
                                    record.target, record.status or 0))  # fmt: skip
+
+    def _unhold(self, side: Side) -> None:
+        """After a transfer, offer ``side``'s phone sendrecv if its last SDP was not.
+
+        A transferor usually holds the other phone before it transfers (every desk phone does
+        for an attended transfer); the new party is connected in the relay, but the held
+        phone would stay silent: one-way audio. Our own re-INVITE (RFC 3264 §8.4) with the
+        new party's SDP on that phone's ports, sendrecv, resumes it; a phone that holds by
+        its own choice answers sendonly again, and stays on hold.
+        """
+        media = self.media
+        if not isinstance(media, RelayMedia) or self._reinvite is not None:
+            return
+        try:
+            offer = media.resume_offer(MediaSide.A if side is Side.A else MediaSide.B)
+        except ParseError:
+            return
+        if offer is None:
+            return
+        dialog, peer = self._leg(side)
+        request = dialog.request("INVITE", body=offer, content_type="application/sdp")
+        log.info("re-INVITE to resume a held phone", call_id=self.id, side=side.value)
+        on_response = functools.partial(self._on_unhold_response, side)
+        self.endpoint.send_request(request, peer, on_response)
+
+    def _on_unhold_response(self, side: Side, response: Response) -> None:
+        if self.state is not CallState.CONNECTED or response.status < 200:
+            return
+        dialog, peer = self._leg(side)
+        dialog.receive_response(response)
+        if response.status >= 300:
+            log.info("resume refused", call_id=self.id, side=side.value, status=response.status)
+            return
+        self.endpoint.send_ack(dialog.ack(response.cseq.number), peer)
+        if _is_sdp(response):
+            try:
+                self._rewrite(side)(response.body)  # where that phone receives now
+            except ParseError as exc:
+                log.info("bad SDP in a resume answer", call_id=self.id, error=str(exc))
 
     def hand_over(self, keep: Side) -> tuple[Dialog, Peer]:
         """Give ``keep``'s leg to another call (attended transfer) and end this one:

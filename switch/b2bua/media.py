@@ -112,6 +112,17 @@ class RelayMedia:
         """The SDP to offer a new phone that takes the place of ``side``'s phone."""
         return self._present(side, self.last.get(side, b""))
 
+    def resume_offer(self, side: Side) -> bytes | None:
+        """What to offer ``side``'s phone to take it off hold (the other phone's SDP on its
+        ports, sendrecv), if its last SDP was not sendrecv; None if it was."""
+        last = self.last.get(side)
+        if not last:
+            return None
+        desc = parse_sdp(last)
+        if desc.direction(_relayed_stream(desc)) == "sendrecv":
+            return None
+        return self.offer_for(side)
+
     def retarget(self, side: Side, sdp: bytes) -> None:
         """The new phone of ``side`` answered ``sdp``: its relay leg sends there now."""
         self._through(sdp, side)

@@ -17,7 +17,9 @@ call blind (``Call.xfer``: REFER) to URI; with ``--xfer-replaces URI`` it calls
 URI itself and transfers the first call to that second one (``xferReplaces``:
 REFER with Replaces). It reports each NOTIFY as {"xfer": code, "final": bool}
 and, as pjsua's own application does, hangs up the transferred call on a 2xx
-(unless ``--stay``). ``--busy`` answers 486; ``--ring-only`` answers 180 and
+(unless ``--stay``; ``--hold-first`` holds the call before it transfers, as
+desk phones do). ``--report-media`` prints each change of the audio stream's
+status. ``--busy`` answers 486; ``--ring-only`` answers 180 and
 never 200 (a phone nobody picks up). A caller with ``--wait-word`` hangs up
 when a line "hangup" comes on stdin (or after --talk seconds). A caller with
 ``--expect CODE`` expects its call to fail with that status, unanswered
@@ -145,6 +147,12 @@ def main() -> int:
     parser.add_argument("--xfer-replaces", help="answer, call this URI, then transfer (attended)")
     parser.add_argument("--xfer-after", type=float, default=1.0)
     parser.add_argument("--stay", action="store_true", help="no hangup after a transfer")
+    parser.add_argument(
+        "--hold-first", action="store_true", help="hold the call before transferring it"
+    )
+    parser.add_argument(
+        "--report-media", action="store_true", help="report the audio stream's status changes"
+    )
     parser.add_argument("--busy", action="store_true", help="answer 486 Busy Here")
     parser.add_argument("--wait-word", action="store_true", help='hang up on "hangup" (stdin)')
     parser.add_argument(
@@ -156,7 +164,7 @@ def main() -> int:
     parser.add_argument("--dtmf", help="keys to press (RFC 4733) once the call is answered")
     parser.add_argument("--dtmf-after", type=float, default=1.0)
     args = parser.parse_args()
-    Call.report_media = args.hold
+    Call.report_media = args.hold or args.report_media
     Call.stay = args.stay
 
     ep = pj.Endpoint()
@@ -235,6 +243,9 @@ def main() -> int:
                 say(state="not-confirmed")
                 return 1
             time.sleep(args.xfer_after)
+            if args.hold_first:  # as desk phones do before a transfer
+                first.setHold(pj.CallOpParam(True))
+                time.sleep(0.5)
             if args.xfer:
                 first.xfer(args.xfer, pj.CallOpParam(True))
             else:

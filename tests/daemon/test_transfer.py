@@ -80,7 +80,11 @@ class Transferred:
 
 
 def transferred_call(
-    daemon: Daemon, work: Path, bob_does: tuple[str, ...], carol_does: tuple[str, ...] = ()
+    daemon: Daemon,
+    work: Path,
+    bob_does: tuple[str, ...],
+    carol_does: tuple[str, ...] = (),
+    alice_does: tuple[str, ...] = (),
 ) -> Transferred:
     """Alice calls Bob, Bob transfers as told; Alice hangs up 2 s after the transfer."""
     bob = phone(daemon, work, "102", *bob_does)
@@ -88,7 +92,7 @@ def transferred_call(
     with phones(bob, carol):
         wait_until(lambda: daemon.registrations() == 2, 10, what="102 and 103 to register")
         alice = phone(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "30",
-                      "--wait-word")  # fmt: skip
+                      "--wait-word", *alice_does)  # fmt: skip
         with phones(alice):
             event = transfer_event(daemon)
             time.sleep(2.0)  # the phones talk through the relay
@@ -181,6 +185,22 @@ def test_attended_transfer_joins_the_two_far_phones(daemon: Daemon, work: Path) 
     assert target["packets_in"] > 0 and target["packets_out"] > 0, target
     daemon.wait_metric("softswitch_transfers_total", 1, kind="attended", result="done")
     daemon.wait_metric("softswitch_calls_active", 0)
+
+
+@pytest.mark.parametrize("how", ["--xfer", "--xfer-replaces"])
+def test_a_phone_held_by_the_transferor_is_resumed(daemon: Daemon, work: Path, how: str) -> None:
+    # Desk phones hold the call before they transfer it; the held phone must be taken off
+    # hold by the switch, or the new party would never hear it.
+    t = transferred_call(daemon, work, (how, "sip:103@acme.example", "--hold-first"),
+                         alice_does=("--report-media",))  # fmt: skip
+    assert t.event["status"] == 200, t.event
+    media = [r["media"] for r in t.alice if "media" in r]
+    assert media[:2] == ["active", "remote_hold"] and media[-1] == "active", t.alice
+    assert t.codes == (0, 0, 0), t
+    (first, *_) = records(daemon, 1 if how == "--xfer" else 2)
+    target = call_legs(daemon, first["call_id"])[-1]
+    assert target["role"] == "target" and target["packets_in"] > 0, target
+    assert target["packets_out"] > 0, target  # Alice's audio reached Carol after the resume
 
 
 def test_refer_outside_any_dialog_gets_481(daemon: Daemon) -> None:
