@@ -156,3 +156,16 @@ def test_read_answer_takes_what_the_phone_chose_of_our_offer() -> None:
     assert (agreed.voice.name, agreed.events) == ("PCMA", offered[2])
     with pytest.raises(SdpError, match="chose no codec that was offered"):
         endpoint_sdp.read_answer(OFFER.replace(b"18 0 8 96", b"18"), offered)
+
+
+def test_a_dialled_phone_is_offered_the_callers_codec_first_then_the_other_law() -> None:
+    Format = endpoint_sdp.Format
+    pcmu, pcma = Format("0", "PCMU"), Format("8", "PCMA")
+    events = Format("96", "TELEPHONE-EVENT", fmtp="0-15")
+    assert endpoint_sdp.with_every_voice([pcmu, events]) == [pcmu, pcma, events]
+    assert endpoint_sdp.with_every_voice([pcma]) == [pcma, pcmu]
+    assert endpoint_sdp.with_every_voice([pcma, pcmu, events]) == [pcma, pcmu, events]
+    # The static type is the caller's for something else: the law is not added.
+    odd = Format("0", "PCMA")
+    assert endpoint_sdp.with_every_voice([odd]) == [odd]
+    assert endpoint_sdp.with_every_voice([]) == list(endpoint_sdp.DEFAULT_FORMATS)

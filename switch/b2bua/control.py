@@ -27,7 +27,8 @@ cancellation) CANCELs the forks.
 Media: the caller's leg is answered with SDP on a relay session whose other
 side is the switch's media endpoint (``media.endpoint``); a dialled leg is
 offered the caller's agreed codec (or its offered ones, before the answer),
-with the caller's payload types, so the two can be ``bridge``d: the relay
+with the caller's payload types, then the other G.711 law; when it takes the
+caller's codec the two can be ``bridge``d in the relay: the relay
 joins their sessions (``RelaySession.join``) and the endpoints step out. When
 one of them hangs up, the other is given a new endpoint and stays. Legs that
 need the media engine between them stay on their endpoints and are linked in
@@ -331,14 +332,16 @@ class HandledCall:
         return result
 
     def _formats_to_offer(self) -> list[Format]:
-        """What a dialled phone is offered: what the caller uses (or offered), so the two can
-        be bridged without transcoding; the switch's defaults when the caller said nothing."""
+        """What a dialled phone is offered: what the caller uses (or offered) first, so the
+        two can be bridged in the relay, then the G.711 law the caller did not take, so that
+        a phone with only that one is still reached (the engine transcodes); the switch's
+        defaults when the caller said nothing."""
         media = self.caller.media
         if media is not None and media.agreed is not None:
-            return media.agreed.formats
-        return endpoint_sdp.offered_formats(self.caller.request.body) or list(
-            endpoint_sdp.DEFAULT_FORMATS
-        )
+            callers = media.agreed.formats
+        else:
+            callers = endpoint_sdp.offered_formats(self.caller.request.body)
+        return endpoint_sdp.with_every_voice(callers)
 
     # -- bridging --------------------------------------------------------------------
 
