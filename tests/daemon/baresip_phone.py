@@ -51,6 +51,7 @@ from tests.daemon.harness import USERS, Daemon, free_port
 
 MODULES = Path("/usr/lib/baresip/modules")
 AUDIO_MODULES = ("g711.so", "aufile.so", "aubridge.so", "sndfile.so")
+RTP_PORTS = "20000-29999"
 RELEASE = "\x04"  # baresip's KEYCODE_REL
 KEY_MS = 120  # how long a key is held, and the pause after it
 
@@ -121,6 +122,9 @@ class Baresip:
             f"sip_listen\t127.0.0.1:{free_port(both=True)}",
             "net_interface\t127.0.0.1",
             f"module_path\t{MODULES}",
+            # RTP below the ephemeral range (32768-60999 here), where free_port finds the
+            # daemon's ports, and below the daemon's media ports (30000-39999).
+            f"rtp_ports\t{RTP_PORTS}",
         ]
         if source is not None:
             (folder / "heard").mkdir()
