@@ -15,7 +15,7 @@ from media import LocalMedia
 from switch.b2bua import endpoint_sdp
 from switch.b2bua.q850 import Cause, cause_of, parse_reason
 from switch.b2bua.routing import ToExtension, ToHandler, dialled
-from switch.config import AnswerHangup, Config, ConfigError, FollowMe, load_config
+from switch.config import AnswerHangup, Config, ConfigError, FollowMe, Supervise, load_config
 from switch.sip.sdp import SdpError, parse_sdp
 
 ROUTES = """\
@@ -66,7 +66,7 @@ def test_routes_and_a_did_that_points_at_one(tmp_path: Path) -> None:
             "handler: answer-hangup, ",
             "handler: echo, ",
             "routes.500.handler: unknown handler 'echo' (expected one of 'answer-hangup', "
-            "'follow-me', 'prompt', 'menu', 'voicemail')",
+            "'follow-me', 'prompt', 'menu', 'voicemail', 'supervise')",
         ),
         (
             "extension: 101}",
@@ -87,6 +87,17 @@ def test_route_mistakes_are_named(tmp_path: Path, old: str, new: str, expected: 
     assert old in ROUTES
     (found,) = problems(tmp_path, ROUTES.replace(old, new, 1))
     assert expected in found
+
+
+def test_a_supervise_route_makes_the_tenant_supervised(tmp_path: Path) -> None:
+    assert not load(tmp_path, ROUTES).tenants[0].supervised
+    text = ROUTES + '      "555": {handler: supervise, mode: whisper}\n'
+    (acme,) = load(tmp_path, text).tenants
+    assert acme.supervised
+    assert acme.routes["555"] == Supervise(handler="supervise", mode="whisper")
+    (found,) = problems(tmp_path, text.replace("whisper", "spy"))
+    assert "11: tenants[0].routes.555.supervise.mode: " in found, found
+    assert "'listen', 'whisper' or 'barge'" in found, found
 
 
 def test_routes_need_the_media_relay(tmp_path: Path) -> None:

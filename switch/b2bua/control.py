@@ -54,8 +54,12 @@ records and metrics work the same (switch/cdr.py).
 Not done here: calls originated by the switch with no caller (callback from a
 queue needs it: today a handled call always starts from an INVITE), early
 media, moving a relay-joined bridge onto the engine mid-call (a recording or a
-supervisor must be asked for when the bridge starts), supervisors joining a
-bridge of another call.
+supervisor must be asked for when the bridge starts).
+
+Supervisors (``switch.b2bua.supervise``): every engine bridge is listed in the
+owner's ``bridges`` by the extensions on its legs, where a supervisor's call
+finds it; a tenant's calls are ``supervised`` (always bridged in the engine)
+once it has a supervise route.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ from switch.b2bua.legs import (
     WrongState,
 )
 from switch.b2bua.q850 import Cause, cause_of
+from switch.b2bua.supervise import Bridges, LiveBridge
 from switch.endpoint import ServerRequest, SipEndpoint
 from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
@@ -134,12 +139,17 @@ class Switchboard(Protocol):
 
     def event(self, call: HandledCall, event: CCEvent) -> None: ...
 
+    @property
+    def bridges(self) -> Bridges:
+        """The live engine bridges, where supervisors find them (``switch.b2bua.supervise``)."""
+
 
 @dataclass(slots=True)
 class Attempt:
     """One dial, for the call record: its target and its forks."""
 
     target: str
+    user: str | None = None  # the tenant's extension it rings, if it rings one
     forks: list[Fork] = field(default_factory=list)
     leg: OutboundLeg | None = None
 
@@ -172,6 +182,7 @@ class HandledCall:
         self.attempts: list[Attempt] = []
         self.cancelled = False  # the caller's CANCEL ended it
         self.callee_left = False  # a dialled party hung up first (for the record)
+        self.supervised = False  # bridge in the engine, where a supervisor can join
         self.task: asyncio.Task[None] | None = None
         self.over = False
 
@@ -248,7 +259,7 @@ class HandledCall:
         if isinstance(routed, Dialling) and not routed.targets:
             routed = DialFailure(target, 480, "Not registered", cause_of(480))
         if isinstance(routed, Dialling):
-            attempt = Attempt(target)
+            attempt = Attempt(target, routed.user)
             self.attempts.append(attempt)
             ring = self.ring_timeout if timeout is None else timeout
             result = await self.guard(self._dial(attempt, routed, ring))
@@ -363,6 +374,7 @@ class HandledCall:
         assert ma is not None and mb is not None
         through_engine = (
             record is not None
+            or self.supervised
             or ma.codec != mb.codec
             or (ma.agreed is not None and mb.agreed is not None
                 and (ma.agreed.events is None) != (mb.agreed.events is None))
@@ -417,8 +429,12 @@ class HandledCall:
         if record is not None:
             recording = self.engine.record(record, [ea.row, eb.row])
             self.recording = recording
+        rows = {ext: end.row for leg, end in ((a, ea), (b, eb)) if (ext := self.extension_of(leg))}
+        live = LiveBridge(self.id, self.tenant, mix, rows)
+        self.switchboard.bridges.add(live)
 
         def unlink() -> None:
+            self.switchboard.bridges.remove(live)
             mix.close()
             for end in (ea, eb):
                 end.on_digit = end.on_info = None
@@ -426,6 +442,12 @@ class HandledCall:
                 recording.stop()
 
         return unlink
+
+    def extension_of(self, leg: Leg) -> str | None:
+        """The tenant's extension on ``leg``: the one calling, or the one dialled."""
+        if leg is self.caller:
+            return self.caller_user
+        return next((a.user for a in self.attempts if a.leg is leg), None)
 
     # -- legs coming and going -------------------------------------------------------
 
