@@ -450,10 +450,25 @@ class Voicemail(_Section):
     language: Literal["en", "ru"] | None = None
 
 
+class Supervise(_Section):
+    """Answers, beeps and takes an extension by keys (ended by ``#``), then joins the call
+    that extension is on in ``mode``: ``listen`` (hears both, heard by nobody), ``whisper``
+    (heard by that extension only), ``barge`` (heard by both). Only calls the switch bridges
+    can be joined (follow-me, menu): once a tenant has a supervise route, they are bridged
+    in the media engine's mixer."""
+
+    handler: Literal["supervise"]
+    mode: Literal["listen", "whisper", "barge"] = "listen"
+    digits: PositiveInt = 6  # at most this many keys
+    timeout: PositiveFloat = 10.0  # seconds to wait for the first key
+    language: Literal["en", "ru"] | None = None
+
+
 # A number the switch answers itself, by the built-in call handler named in `handler`
 # (switch/b2bua/handlers.py) -- until dialplans (dialplans/) route numbers to flows.
 Route = Annotated[
-    AnswerHangup | FollowMe | PlayPrompts | Menu | Voicemail, Field(discriminator="handler")
+    AnswerHangup | FollowMe | PlayPrompts | Menu | Voicemail | Supervise,
+    Field(discriminator="handler"),
 ]
 
 
@@ -534,6 +549,11 @@ class Tenant(_Section):
 
     def user(self, extension: str) -> User | None:
         return self._by_extension.get(extension)
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervisor may join this tenant's calls (it has a supervise route)."""
+        return any(isinstance(route, Supervise) for route in self.routes.values())
 
     @property
     def numbers(self) -> dict[str, str]:

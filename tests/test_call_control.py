@@ -32,6 +32,7 @@ from switch.b2bua.control import (
 )
 from switch.b2bua.forks import Target
 from switch.b2bua.q850 import Cause
+from switch.b2bua.supervise import Bridges
 from switch.ban import BanList
 from switch.endpoint import ServerRequest, SipEndpoint
 from switch.metrics import Metrics
@@ -124,6 +125,7 @@ class Board:
 
     phone: Phone | None = None
     events: list[CCEvent] = field(default_factory=list)
+    bridges: Bridges = field(default_factory=Bridges)
 
     def route(self, call: HandledCall, target: str) -> Dialling | DialFailure:
         if self.phone is None:

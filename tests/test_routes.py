@@ -22,6 +22,7 @@ from switch.config import (
     FollowMe,
     Menu,
     PlayPrompts,
+    Supervise,
     Voicemail,
     load_config,
 )
@@ -75,7 +76,7 @@ def test_routes_and_a_did_that_points_at_one(tmp_path: Path) -> None:
             "handler: answer-hangup, ",
             "handler: echo, ",
             "routes.500.handler: unknown handler 'echo' (expected one of 'answer-hangup', "
-            "'follow-me', 'prompt', 'menu', 'voicemail')",
+            "'follow-me', 'prompt', 'menu', 'voicemail', 'supervise')",
         ),
         (
             "extension: 101}",
@@ -136,6 +137,17 @@ def test_media_route_mistakes_are_named(tmp_path: Path, old: str, new: str, expe
     assert old in MEDIA_ROUTES
     (found,) = problems(tmp_path, MEDIA_ROUTES.replace(old, new, 1))
     assert found.startswith(expected), found
+
+
+def test_a_supervise_route_makes_the_tenant_supervised(tmp_path: Path) -> None:
+    assert not load(tmp_path, ROUTES).tenants[0].supervised
+    text = ROUTES + '      "555": {handler: supervise, mode: whisper}\n'
+    (acme,) = load(tmp_path, text).tenants
+    assert acme.supervised
+    assert acme.routes["555"] == Supervise(handler="supervise", mode="whisper")
+    (found,) = problems(tmp_path, text.replace("whisper", "spy"))
+    assert "11: tenants[0].routes.555.mode: " in found, found
+    assert "'listen', 'whisper' or 'barge'" in found, found
 
 
 def test_routes_need_the_media_relay(tmp_path: Path) -> None:
@@ -205,3 +217,16 @@ def test_read_answer_takes_what_the_phone_chose_of_our_offer() -> None:
     assert (agreed.voice.name, agreed.events) == ("PCMA", offered[2])
     with pytest.raises(SdpError, match="chose no codec that was offered"):
         endpoint_sdp.read_answer(OFFER.replace(b"18 0 8 96", b"18"), offered)
+
+
+def test_a_dialled_phone_is_offered_the_callers_codec_first_then_the_other_law() -> None:
+    Format = endpoint_sdp.Format
+    pcmu, pcma = Format("0", "PCMU"), Format("8", "PCMA")
+    events = Format("96", "TELEPHONE-EVENT", fmtp="0-15")
+    assert endpoint_sdp.with_every_voice([pcmu, events]) == [pcmu, pcma, events]
+    assert endpoint_sdp.with_every_voice([pcma]) == [pcma, pcmu]
+    assert endpoint_sdp.with_every_voice([pcma, pcmu, events]) == [pcma, pcmu, events]
+    # The static type is the caller's for something else: the law is not added.
+    odd = Format("0", "PCMA")
+    assert endpoint_sdp.with_every_voice([odd]) == [odd]
+    assert endpoint_sdp.with_every_voice([]) == list(endpoint_sdp.DEFAULT_FORMATS)

@@ -27,7 +27,8 @@ cancellation) CANCELs the forks.
 Media: the caller's leg is answered with SDP on a relay session whose other
 side is the switch's media endpoint (``media.endpoint``); a dialled leg is
 offered the caller's agreed codec (or its offered ones, before the answer),
-with the caller's payload types, so the two can be ``bridge``d: the relay
+with the caller's payload types, then the other G.711 law; when it takes the
+caller's codec the two can be ``bridge``d in the relay: the relay
 joins their sessions (``RelaySession.join``) and the endpoints step out. When
 one of them hangs up, the other is given a new endpoint and stays. Legs that
 need the media engine between them stay on their endpoints and are linked in
@@ -53,8 +54,12 @@ records and metrics work the same (switch/cdr.py).
 Not done here: calls originated by the switch with no caller (callback from a
 queue needs it: today a handled call always starts from an INVITE), early
 media, moving a relay-joined bridge onto the engine mid-call (a recording or a
-supervisor must be asked for when the bridge starts), supervisors joining a
-bridge of another call.
+supervisor must be asked for when the bridge starts).
+
+Supervisors (``switch.b2bua.supervise``): every engine bridge is listed in the
+owner's ``bridges`` by the extensions on its legs, where a supervisor's call
+finds it; a tenant's calls are ``supervised`` (always bridged in the engine)
+once it has a supervise route.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ from switch.b2bua.legs import (
     WrongState,
 )
 from switch.b2bua.q850 import Cause, cause_of
+from switch.b2bua.supervise import Bridges, LiveBridge
 from switch.endpoint import ServerRequest, SipEndpoint
 from switch.sip.dialog import Dialog, DialogId
 from switch.sip.errors import ParseError
@@ -133,12 +139,17 @@ class Switchboard(Protocol):
 
     def event(self, call: HandledCall, event: CCEvent) -> None: ...
 
+    @property
+    def bridges(self) -> Bridges:
+        """The live engine bridges, where supervisors find them (``switch.b2bua.supervise``)."""
+
 
 @dataclass(slots=True)
 class Attempt:
     """One dial, for the call record: its target and its forks."""
 
     target: str
+    user: str | None = None  # the tenant's extension it rings, if it rings one
     forks: list[Fork] = field(default_factory=list)
     leg: OutboundLeg | None = None
 
@@ -171,6 +182,7 @@ class HandledCall:
         self.attempts: list[Attempt] = []
         self.cancelled = False  # the caller's CANCEL ended it
         self.callee_left = False  # a dialled party hung up first (for the record)
+        self.supervised = False  # bridge in the engine, where a supervisor can join
         self.task: asyncio.Task[None] | None = None
         self.over = False
 
@@ -249,7 +261,7 @@ class HandledCall:
         if isinstance(routed, Dialling) and not routed.targets:
             routed = DialFailure(target, 480, "Not registered", cause_of(480))
         if isinstance(routed, Dialling):
-            attempt = Attempt(target)
+            attempt = Attempt(target, routed.user)
             self.attempts.append(attempt)
             ring = self.ring_timeout if timeout is None else timeout
             result = await self.guard(self._dial(attempt, routed, ring))
@@ -333,14 +345,16 @@ class HandledCall:
         return result
 
     def _formats_to_offer(self) -> list[Format]:
-        """What a dialled phone is offered: what the caller uses (or offered), so the two can
-        be bridged without transcoding; the switch's defaults when the caller said nothing."""
+        """What a dialled phone is offered: what the caller uses (or offered) first, so the
+        two can be bridged in the relay, then the G.711 law the caller did not take, so that
+        a phone with only that one is still reached (the engine transcodes); the switch's
+        defaults when the caller said nothing."""
         media = self.caller.media
         if media is not None and media.agreed is not None:
-            return media.agreed.formats
-        return endpoint_sdp.offered_formats(self.caller.request.body) or list(
-            endpoint_sdp.DEFAULT_FORMATS
-        )
+            callers = media.agreed.formats
+        else:
+            callers = endpoint_sdp.offered_formats(self.caller.request.body)
+        return endpoint_sdp.with_every_voice(callers)
 
     # -- bridging --------------------------------------------------------------------
 
@@ -362,6 +376,7 @@ class HandledCall:
         assert ma is not None and mb is not None
         through_engine = (
             record is not None
+            or self.supervised
             or ma.codec != mb.codec
             or (ma.agreed is not None and mb.agreed is not None
                 and (ma.agreed.events is None) != (mb.agreed.events is None))
@@ -426,8 +441,12 @@ class HandledCall:
         if record is not None:
             recording = self.engine.record(record, [ea.row, eb.row])
             self.recording = recording
+        rows = {ext: end.row for leg, end in ((a, ea), (b, eb)) if (ext := self.extension_of(leg))}
+        live = LiveBridge(self.id, self.tenant, mix, rows)
+        self.switchboard.bridges.add(live)
 
         def unlink() -> None:
+            self.switchboard.bridges.remove(live)
             mix.close()
             for end in (ea, eb):
                 end.on_digit = end.on_info = None
@@ -435,6 +454,12 @@ class HandledCall:
                 recording.stop()
 
         return unlink
+
+    def extension_of(self, leg: Leg) -> str | None:
+        """The tenant's extension on ``leg``: the one calling, or the one dialled."""
+        if leg is self.caller:
+            return self.caller_user
+        return next((a.user for a in self.attempts if a.leg is leg), None)
 
     # -- legs coming and going -------------------------------------------------------
 

@@ -139,6 +139,19 @@ def answer(
     return _description(local, streams, origin), agreed
 
 
+def with_every_voice(formats: Sequence[Format]) -> list[Format]:
+    """``formats`` (the defaults if none) with each voice codec the switch takes that they
+    lack added after their own voice codecs, on its static payload type when that is free."""
+    if not formats:
+        return list(DEFAULT_FORMATS)
+    names = {f.name for f in formats}
+    taken = {f.pt for f in formats}
+    missing = [f for f in DEFAULT_FORMATS if f.name in VOICE and f.name not in names]
+    added = [f for f in missing if f.pt not in taken]
+    voices = [f for f in formats if f.name != EVENTS]
+    return [*voices, *added, *(f for f in formats if f.name == EVENTS)]
+
+
 def offer(
     local: LocalMedia, formats: Sequence[Format] = DEFAULT_FORMATS, origin: Origin | None = None
 ) -> bytes:

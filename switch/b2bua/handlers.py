@@ -16,6 +16,9 @@ Each is an ``async def (call: HandledCall) -> None`` on the call-control API
   extension rung and bridged; a wrong key or none is told and asked again.
 - ``voicemail``: the voicemail prompt, a beep, the caller recorded into the
   extension's box under the recordings folder.
+- ``supervise``: a beep, an extension keyed (ended by ``#``), and the caller
+  joins the call that extension is on, to listen, whisper or barge
+  (``switch.b2bua.supervise``); an extension on no such call is told so.
 
 A caller who hangs up meanwhile ends the handler through ``CallerHungUp``,
 which the call's runner expects; nothing here needs to catch it.
@@ -29,7 +32,8 @@ from typing import assert_never
 import structlog
 
 from switch.b2bua.control import DialFailure, HandledCall, Handler
-from switch.config import AnswerHangup, FollowMe, Menu, PlayPrompts, Route, Voicemail
+from switch.b2bua.supervise import join
+from switch.config import AnswerHangup, FollowMe, Menu, PlayPrompts, Route, Supervise, Voicemail
 
 log = structlog.get_logger()
 
@@ -114,6 +118,19 @@ def voicemail(route: Voicemail) -> Handler:
     return handle
 
 
+def supervise(route: Supervise) -> Handler:
+    async def handle(call: HandledCall) -> None:
+        await call.answer()
+        caller = call.caller
+        await caller.play("beep", language=route.language)
+        extension = await caller.collect(route.digits, route.timeout, terminators="#")
+        if not await join(call, extension, route.mode):
+            await caller.play(["menu-invalid", "goodbye"], language=route.language)
+        await call.hangup()
+
+    return handle
+
+
 def handler_for(route: Route) -> Handler:
     """The handler a route names, with the route's settings."""
     if isinstance(route, AnswerHangup):
@@ -126,4 +143,6 @@ def handler_for(route: Route) -> Handler:
         return menu(route)
     if isinstance(route, Voicemail):
         return voicemail(route)
+    if isinstance(route, Supervise):
+        return supervise(route)
     assert_never(route)

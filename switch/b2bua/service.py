@@ -80,6 +80,7 @@ from switch.b2bua.handlers import handler_for
 from switch.b2bua.media import MediaFactory, MediaSession, RelayMedia, pass_through
 from switch.b2bua.q850 import Cause, cause_of
 from switch.b2bua.routing import ToHandler, ToOutside, Unroutable
+from switch.b2bua.supervise import Bridges
 from switch.b2bua.transfer import (
     Kind,
     Transfer,
@@ -163,6 +164,7 @@ class B2bua:
         self.handled: dict[DialogId, HandledCall] = {}  # dialogs of calls the switch handles
         self.relay: Relay | None = None  # handled calls terminate their media through it
         self.engine: MediaEngine | None = None  # ... in the media engine's endpoints
+        self.bridges = Bridges()  # handled calls' bridges in the engine, for supervisors
         self.active: set[Call | HandledCall] = set()
         self._usage: dict[Call | HandledCall, Usage] = {}
         self._per_user: Counter[tuple[str, str]] = Counter()
@@ -381,6 +383,7 @@ class B2bua:
             ring_timeout=self.config.calls.ring_timeout,
         )
         call.tenant, call.caller_user = route.tenant.name, handling.caller_user
+        call.supervised = route.tenant.supervised
         self._count_in(call, handling.usage)
         if self.recorder is not None:
             self.recorder.begin(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemon.baresip_phone import Phones, phones_for
 from tests.daemon.harness import Daemon, base_config, free_port
 
 ConfigEdit = Callable[[dict[str, Any]], None]
@@ -65,6 +66,12 @@ def work(tmp_path: Path) -> Path:
     folder = tmp_path / "sipp"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture
+def baresip(tmp_path: Path) -> Iterator[Phones]:
+    """baresip phones (tests/daemon/baresip_phone.py), killed at the end if still running."""
+    yield from phones_for(tmp_path)
 
 
 def require(tool: str) -> None:

@@ -256,6 +256,11 @@ class Daemon:
     def events_named(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("event") == name]
 
+    def wait_events(self, name: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The events called ``name`` once there is one: the daemon may log an event a moment
+        after a peer has finished (a BYE's 200 is sent before the call's end is written)."""
+        return list(wait_until(lambda: self.events_named(name), timeout, what=f"event {name!r}"))
+
     def _metrics_text(self, timeout: float = 2.0) -> str | None:
         url = f"http://127.0.0.1:{self.http_port}/metrics"
         try:

@@ -28,7 +28,7 @@ def test_caller_holds_and_resumes_through_reinvite(daemon: Daemon, work: Path) -
     assert ok(uas[0]), uas[0]
     # the 407'd INVITE, the INVITE with credentials, two re-INVITEs
     assert daemon.metric("softswitch_sip_requests_total", method="INVITE") == 4
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "caller"
     daemon.wait_metric("softswitch_calls_active", 0)
 
@@ -40,7 +40,7 @@ def test_callee_holds_and_sends_info_through_the_other_leg(daemon: Daemon, work:
     # the caller sees a=sendonly and the INFO's body; the callee sees a=recvonly
     assert ok(caller), caller
     assert ok(uas[0]), uas[0]
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "callee"
 
 
@@ -108,7 +108,7 @@ def test_late_offer_the_callees_offer_and_the_callers_answer_in_the_ack(
     # the callee checks its INVITE had no SDP and its ACK carried the (relayed) answer
     assert ok(caller), caller
     assert ok(uas[0]), uas[0]
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "caller"
 
 
@@ -137,7 +137,7 @@ def test_pjsua_phone_holds_and_resumes(daemon: Daemon, work: Path) -> None:
     assert reports(alice_out, "media") == ["active", "local_hold", "active"], alice_out
     assert reports(bob_out, "media") == ["active", "remote_hold", "active"], bob_out
     assert phones.exited_0, (alice_out, bob_out)
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "caller"
 
 
@@ -152,5 +152,5 @@ def test_reinvite_glare_the_second_offer_gets_491_and_the_first_completes(
     assert ok(caller), caller
     assert ok(uas[0]), uas[0]
     assert daemon.metric("softswitch_sip_responses_total", code="491") == 1
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "caller"

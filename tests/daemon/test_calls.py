@@ -86,7 +86,7 @@ def test_basic_call_caller_hangs_up(daemon: Daemon, work: Path) -> None:
     assert ok(uas[0]), uas[0]
     events = [e["event"] for e in daemon.events() if e.get("event", "").startswith("CCEvent")]
     assert events == ["CCEventTry", "CCEventRing", "CCEventConnect", "CCEventDisconnect"]
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "caller"
     assert daemon.metric("softswitch_sip_responses_total", code="407") == 1
     daemon.wait_metric("softswitch_calls_active", 0)
@@ -98,7 +98,7 @@ def test_basic_call_callee_hangs_up(daemon: Daemon, work: Path) -> None:
         caller = call(daemon, work, "call_uac_wait_bye.xml")
     assert ok(caller), caller
     assert ok(uas[0]), uas[0]
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "callee"
 
 
@@ -242,7 +242,7 @@ def test_pjsua_phone_calls_phone(daemon: Daemon, work: Path) -> None:
     assert states(alice_out) == ["registered", "confirmed", "disconnected"], (alice_out, bob_out)
     assert states(bob_out) == ["registered", "confirmed", "disconnected"], bob_out
     assert phones.exited_0, (alice_out, bob_out)
-    (disconnect,) = daemon.events_named("CCEventDisconnect")
+    (disconnect,) = daemon.wait_events("CCEventDisconnect")
     assert disconnect["by"] == "caller"
     # The callee was offered the relay's port (media section defaults: 30000-39999), and
     # the caller's RTCP reached it through the relay, though pjsua wrote 192.0.2.2 (its

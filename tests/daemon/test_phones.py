@@ -15,53 +15,20 @@ Known limits of the phones installed here (found by these tests):
 from __future__ import annotations
 
 import json
-import queue
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from tests.daemon.conftest import require
+from tests.daemon.baresip_phone import Lines, Phones
 from tests.daemon.harness import USERS, Daemon, free_port, wait_until
 from tests.daemon.sipclient import SipClient, contacts
 
 PHONE = Path(__file__).with_name("pjsua_phone.py")
-
-
-class Lines:
-    """A child's output, line by line, readable with a deadline."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def next_matching(self, predicate: Any, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                return None
-            if line is None:
-                return None
-            self.seen.append(line)
-            if predicate(line):
-                return line
-        return None
 
 
 def bindings(daemon: Daemon, user: str) -> list[str]:
@@ -178,50 +145,11 @@ def test_pjsua2_with_sha256_only(make_daemon: Any, pjsua: list[Any], tmp_path: P
 # -- baresip --------------------------------------------------------------------------
 
 
-def start_baresip(daemon: Daemon, folder: Path) -> tuple[subprocess.Popen[str], Lines]:
-    require("baresip")
-    modules = Path("/usr/lib/baresip/modules")
-    if not (modules / "account.so").exists():
-        pytest.skip(f"baresip's account module is not in {modules}")
-    conf = folder / "baresip"
-    conf.mkdir()
-    # No audio or UI modules: registering needs none. Bound to loopback by address
-    # (this sandbox's libre cannot read the address of "lo" by name).
-    (conf / "config").write_text(
-        f"poll_method\tpoll\nsip_listen\t127.0.0.1:{free_port(both=True)}\n"
-        f"net_interface\t127.0.0.1\nmodule_path\t{modules}\nmodule_app\taccount.so\n"
-    )
-    (conf / "accounts").write_text(
-        f"<sip:103@acme.example>;auth_pass={USERS['103']};"
-        f'outbound="sip:127.0.0.1:{daemon.sip_port}";regint=60\n'
-    )
-    # -t: baresip quits by itself even if this test dies; -s prints the SIP trace.
-    child = subprocess.Popen(
-        [shutil.which("baresip") or "baresip", "-f", str(conf), "-s", "-t", "30"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    assert child.stdout is not None
-    return child, Lines(child.stdout)
-
-
-@pytest.fixture
-def stop_children() -> Iterator[list[subprocess.Popen[str]]]:
-    children: list[subprocess.Popen[str]] = []
-    yield children
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-            child.wait(5)
-
-
-def test_baresip_registers_and_unregisters_on_exit(
-    make_daemon: Any, tmp_path: Path, stop_children: list[Any]
-) -> None:
+def test_baresip_registers_and_unregisters_on_exit(make_daemon: Any, baresip: Phones) -> None:
     # The default algorithms: libre 1.1 gives up on a SHA-256 challenge even
     # when MD5 is offered too, which is why the default offers MD5 only.
     daemon: Daemon = make_daemon(default_algorithms)
-    child, lines = start_baresip(daemon, tmp_path)
-    stop_children.append(child)
+    phone = baresip.start(daemon, "103")
     wait_until(lambda: daemon.registrations() == 1, 10, what="baresip's binding")
     (binding,) = bindings(daemon, "103")
     assert binding.startswith("<sip:103-") and "@127.0.0.1:" in binding, binding
@@ -229,9 +157,7 @@ def test_baresip_registers_and_unregisters_on_exit(
     assert event["user"] == "103"
 
     # On SIGTERM baresip unregisters (Contact ...;expires=0) before it exits.
-    child.send_signal(signal.SIGTERM)
-    assert child.wait(10) == 0
+    assert phone.stop() == 0
     wait_until(lambda: daemon.registrations() == 0, 5, what="baresip's unregistration")
     assert bindings(daemon, "103") == []
-    lines.next_matching(lambda _: False, 1)
-    assert "expires=0" in "".join(lines.seen)
+    assert "expires=0" in phone.said

@@ -3,7 +3,8 @@
 The store is the one commit 83d1ab8 made (tests/test_migrations.py), with a
 finished call and a registration in it and no alembic_version. The daemon
 must migrate it at start, keep the old call as it was, and record a new call
-with the columns added since (each answered leg's answered_at/ended_at).
+with the columns added since (each answered leg's answered_at/ended_at, the
+call's recording and its length).
 """
 
 from __future__ import annotations
