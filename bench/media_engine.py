@@ -215,7 +215,7 @@ class Bench:
         out(f"\n{kind}, {IMPLS[impl]} ({loop}):")
         out(
             "  sessions endpts  CPU%  us/sess/tick  ms/sess/s  late%  in loss%  out loss%  "
-            "pkt/s/ep  tick%  gen%  other%  wav  verdict"
+            "pkt/s/ep  too late  tick%  gen%  other%  wav  verdict"
         )
 
     def row(self, s: Step) -> None:
@@ -228,8 +228,9 @@ class Bench:
         out(
             f"  {s.sessions:>8} {s.endpoints:>6} {w.cpu_percent:>5.1f} {s.us_per_tick:>13.1f} "
             f"{s.ms_per_second:>10.3f} {100 * w.late_fraction:>6.2f} {100 * w.in_loss:>9.3f} "
-            f"{100 * w.out_loss:>10.3f} {back:>9} {tick:>5} {100 * w.gen_cpu / w.seconds:>5.0f} "
-            f"{w.other_percent:>7.0f} {wav:>4}  {'pass' if s.passed else 'FAIL: ' + s.problem}"
+            f"{100 * w.out_loss:>10.3f} {back:>9} {w.too_late:>9} {tick:>5} "
+            f"{100 * w.gen_cpu / w.seconds:>5.0f} {w.other_percent:>7.0f} {wav:>4}  "
+            f"{'pass' if s.passed else 'FAIL: ' + s.problem}"
         )
 
     def ladder(self, impl: str, kind: str) -> None:
@@ -239,7 +240,7 @@ class Bench:
             for n in self.args.steps:
                 if n > self.args.max_sessions:
                     break
-                if not self.measure(server, impl, kind, n).passed:
+                if not self.measure(server, impl, kind, n).passed and not self.args.all_steps:
                     break
         finally:
             server.stop()
@@ -291,6 +292,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, help="seconds before it (default 1)")
     parser.add_argument("--steps", help="session counts, comma-separated")
     parser.add_argument("--max-sessions", type=int, default=6400)
+    parser.add_argument(
+        "--all-steps", action="store_true", help="run every step, also after one fails"
+    )
     parser.add_argument(
         "--telephone-event",
         action="store_true",

@@ -62,6 +62,7 @@ class Window:
     senders: int  # endpoints expected to send back
     ticks: int  # server ticks (per session for the reference)
     late_ticks: int
+    too_late: int  # packets the server dropped as arriving after their frame was played
     tick_seconds: float  # wall time the engine spent in its ticks (0: not measured)
     server_cpu: float  # seconds
     gen_cpu: float  # seconds
@@ -181,6 +182,7 @@ def run(
         senders=len(hear_from),
         ticks=after["ticks"] - before["ticks"],
         late_ticks=after["late_ticks"] - before["late_ticks"],
+        too_late=after["too_late"] - before["too_late"],
         tick_seconds=(after["tick_us"] - before["tick_us"]) / 1e6,
         server_cpu=(cpu1 - cpu0) / CLK_TCK,
         gen_cpu=(gen1.user - gen0.user) + (gen1.system - gen0.system),

@@ -51,6 +51,7 @@ class Totals:
         self.late_ticks = 0
         self.packets_in = 0
         self.packets_out = 0
+        self.too_late = 0  # packets that came after their frame was played
 
 
 class Endpoint(asyncio.DatagramProtocol):
@@ -79,7 +80,8 @@ class Endpoint(asyncio.DatagramProtocol):
         if self.next_seq is None:
             self.next_seq = (seq - DELAY) & 0xFFFF
         elif (seq - self.next_seq) & 0xFFFF >= 0x8000:
-            return  # older than the playout point: too late
+            self.totals.too_late += 1  # older than the playout point
+            return
         self.frames[seq] = audioop.ulaw2lin(data[12:], 2)
 
     def playout(self) -> bytes | None:

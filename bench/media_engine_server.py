@@ -87,6 +87,7 @@ class EngineSessions:
             "packets_in": s.packets_in,
             "packets_out": s.packets_out,
             "tick_us": round(s.tick_seconds * 1e6),
+            "too_late": sum(self.engine.jitter.late),
         }
 
     def close(self) -> tuple[int, int]:
@@ -149,6 +150,7 @@ class NaiveSessions:
             "packets_in": t.packets_in,
             "packets_out": t.packets_out,
             "tick_us": 0,  # the work is spread over the sessions' timers
+            "too_late": self.totals.too_late,
         }
 
     def close(self) -> tuple[int, int]:
