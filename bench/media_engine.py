@@ -146,8 +146,8 @@ def judge(w: load.Window, senders: int, wav: float | None) -> str:
         problems.append(f"late ticks {100 * w.late_fraction:.1f}%")
     if w.cpu_percent > CPU_LIMIT:
         problems.append(f"CPU {w.cpu_percent:.0f}%")
-    if w.seconds > 1.03 * w.nominal:
-        problems.append("generator behind")
+    if w.seconds > 1.03 * w.nominal or w.gen_late > LATE_LIMIT:
+        problems.append(f"generator late ({100 * w.gen_late:.1f}% of sends)")
     if wav is not None and wav < 0.99:
         problems.append(f"recorded {100 * wav:.1f}% of the time")
     return ", ".join(problems)

@@ -53,11 +53,21 @@ class EngineSessions:
         self._engine_class = MediaEngine
         self.engine: Any = None
         self.recordings: list[Any] = []
+        self.tick_max = 0.0
 
     async def open(self, kind: str, n: int, phone: tuple[str, int], folder: str, events: bool):
         from media.mixer import Conference
 
         engine = self.engine = self._engine_class(recordings=folder, capacity=64)
+        self.tick_max = 0.0
+        tick = engine.tick
+
+        def timed_tick() -> None:  # the longest tick: what stalls reading the sockets
+            started = time.perf_counter()
+            tick()
+            self.tick_max = max(self.tick_max, time.perf_counter() - started)
+
+        engine.tick = timed_tick
         events_pt = 101 if events else None
         send_to, hear_from = [], []
         for i in range(n):
@@ -88,6 +98,7 @@ class EngineSessions:
             "packets_out": s.packets_out,
             "tick_us": round(s.tick_seconds * 1e6),
             "too_late": sum(self.engine.jitter.late),
+            "tick_max_us": round(self.tick_max * 1e6),
         }
 
     def close(self) -> tuple[int, int]:
