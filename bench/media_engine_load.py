@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from media_relay_load import SLICES, TICK, _fine_sleep, _machine_busy
-from media_relay_mmsg import Receiver, Sender
+from media_relay_mmsg import RTP_HEADER, Receiver, Sender
 from media_relay_targets import cpu_ticks
 
 from media.g711 import ENCODE
@@ -39,16 +39,7 @@ from media.g711 import ENCODE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # A send this late is network jitter the server's 40 ms playout delay may not absorb.
 GEN_LATE = 0.020
-PACKET = np.dtype(
-    [
-        ("vpxcc", "u1"),
-        ("mpt", "u1"),
-        ("seq", ">u2"),
-        ("ts", ">u4"),
-        ("ssrc", ">u4"),
-        ("payload", "u1", 160),
-    ]
-)
+PACKET = np.dtype([*RTP_HEADER, ("payload", "u1", 160)])
 _TONE = (6000 * np.sin(2 * np.pi * 400 * np.arange(160) / 8000)).astype(np.int16)
 PAYLOAD = ENCODE["PCMU"][_TONE.view(np.uint16)]  # 8 whole periods: repeats seamlessly
 

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import resource
 import sys
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from media_relay_server import read_requests
 
 KINDS = ("playback", "recording", "conference")
 ENDPOINTS = {"playback": 1, "recording": 2, "conference": 3}
@@ -180,21 +181,7 @@ async def serve(impl: str) -> None:
     sessions: EngineSessions | NaiveSessions = (
         EngineSessions() if impl == "engine" else NaiveSessions()
     )
-    done = loop.create_future()
     requests: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    pending = b""
-
-    def on_stdin() -> None:
-        nonlocal pending
-        chunk = os.read(sys.stdin.fileno(), 65536)
-        if not chunk:
-            loop.remove_reader(sys.stdin.fileno())
-            done.set_result(None)
-            return
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            requests.put_nowait(json.loads(line))
 
     async def handle() -> None:
         opened = 0.0
@@ -218,7 +205,7 @@ async def serve(impl: str) -> None:
             else:
                 _reply({"error": f"unknown op {op!r}"})
 
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    done = read_requests(loop, requests.put_nowait)
     handler = asyncio.ensure_future(handle())
     _reply({"ready": True, "loop": type(loop).__module__})
     await done
