@@ -58,13 +58,10 @@ CMSG_TS = np.dtype(
 # The bench's RTP packet: a 12-byte RTP header, then in the payload what the bench needs to
 # account for it (send time, call, leg), padded to 172 bytes (12 + 160: 20 ms of G.711).
 PACKET_SIZE = 172
+RTP_HEADER = [("vpxcc", "u1"), ("mpt", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")]
 PACKET = np.dtype(
     [
-        ("vpxcc", "u1"),
-        ("mpt", "u1"),
-        ("seq", ">u2"),
-        ("ts", ">u4"),
-        ("ssrc", ">u4"),
+        *RTP_HEADER,
         ("tx", "<i8"),  # CLOCK_REALTIME ns when the generator sent it
         ("call", "<u4"),
         ("leg", "u1"),

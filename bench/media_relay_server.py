@@ -37,6 +37,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 
@@ -147,7 +148,34 @@ async def run_relay(args: argparse.Namespace) -> None:
     )
     loop = asyncio.get_running_loop()
     relay = Relay(RelayConfig(address="127.0.0.1", port_min=args.port_min, port_max=args.port_max))
-    done = loop.create_future()
+
+    def on_request(request: dict[str, Any]) -> None:
+        if request["op"] == "calls":
+            ports = []
+            for i in range(request["n"]):
+                session = relay.allocate(f"bench-{i}")
+                session.set_remote(Side.A, *request["a"])
+                session.set_remote(Side.B, *request["b"])
+                ports.append([session.local(Side.A).rtp_port, session.local(Side.B).rtp_port])
+            _reply({"ports": ports})
+        elif request["op"] == "totals":
+            _reply(dataclasses.asdict(relay.totals()))
+
+    if os.environ.get("NOGC"):
+        import gc
+
+        gc.disable()
+    done = read_requests(loop, on_request)
+    _reply({"ready": True, "loop": type(loop).__module__})
+    await done
+    relay.close()
+
+
+def read_requests(
+    loop: asyncio.AbstractEventLoop, on_request: Callable[[dict[str, Any]], None]
+) -> asyncio.Future[None]:
+    """Call ``on_request`` with each JSON line read from stdin; the future ends with it."""
+    done: asyncio.Future[None] = loop.create_future()
     pending = b""
 
     def on_stdin() -> None:
@@ -160,26 +188,10 @@ async def run_relay(args: argparse.Namespace) -> None:
         pending += chunk
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
-            request = json.loads(line)
-            if request["op"] == "calls":
-                ports = []
-                for i in range(request["n"]):
-                    session = relay.allocate(f"bench-{i}")
-                    session.set_remote(Side.A, *request["a"])
-                    session.set_remote(Side.B, *request["b"])
-                    ports.append([session.local(Side.A).rtp_port, session.local(Side.B).rtp_port])
-                _reply({"ports": ports})
-            elif request["op"] == "totals":
-                _reply(dataclasses.asdict(relay.totals()))
+            on_request(json.loads(line))
 
-    if os.environ.get("NOGC"):
-        import gc
-
-        gc.disable()
     loop.add_reader(sys.stdin.fileno(), on_stdin)
-    _reply({"ready": True, "loop": type(loop).__module__})
-    await done
-    relay.close()
+    return done
 
 
 def main() -> None:

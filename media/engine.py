@@ -21,8 +21,11 @@ per endpoint falls as endpoints grow (``bench/media_engine.py`` shows it).
 
 The clock runs on the event loop (``call_at`` on a fixed 20 ms grid of the loop's monotonic
 time, so it does not drift); it stops when the last endpoint closes. A tick that comes late
-(the loop was busy) is run at once and the grid kept; more than ``MAX_CATCH_UP`` ticks behind,
-the grid restarts from now rather than send a burst.
+(the loop was busy) is run at once and the grid kept, the ticks missed one by one with a poll
+of the sockets between them (the frames they play are the packets that queued meanwhile:
+back to back they would find them unread, and the jitter buffers would drop them as too late
+once read); more than ``MAX_CATCH_UP`` ticks behind, the grid restarts from now rather than
+send a burst.
 
 RTP sent: one SSRC per endpoint for its whole life (prompts, music and bridged audio are one
 stream to the phone), sequence numbers continuous, timestamps advancing 160 per tick whether
@@ -63,6 +66,7 @@ _log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
 PTIME: Final = 0.020
 MAX_CATCH_UP: Final = 5
+CATCH_UP_GAP: Final = 0.001  # between ticks run late: a poll of the sockets in between
 CODECS: Final = ("PCMU", "PCMA")  # the row's codec is an index into this
 _DECODE: Final = np.stack([DECODE[c] for c in CODECS])  # (codecs, 256) int16
 _ENCODE: Final = np.stack([ENCODE[c] for c in CODECS])  # (codecs, 65536) uint8
@@ -255,18 +259,20 @@ class MediaEngine:
 
     def _on_clock(self) -> None:
         now = self.loop.time()
-        behind = int((now - self._next_tick) / PTIME)
+        behind = (now - self._next_tick) / PTIME
         if behind > MAX_CATCH_UP:
             self._next_tick = now
-            behind = 0
-        for _ in range(1 + behind):
-            if behind:
-                self.stats.late_ticks += 1
-            self.tick()
-        self._next_tick += PTIME * (1 + behind)
-        self._timer = (
-            self.loop.call_at(self._next_tick, self._on_clock) if len(self._rows) else None
-        )
+        elif behind >= 1:
+            self.stats.late_ticks += 1
+        self.tick()
+        self._next_tick += PTIME
+        if not len(self._rows):
+            self._timer = None
+            return
+        # A tick still due runs after the loop has read the sockets again, not back to back:
+        # the packets it plays are waiting there (uvloop runs due timers before it polls).
+        when = max(self._next_tick, self.loop.time() + CATCH_UP_GAP)
+        self._timer = self.loop.call_at(when, self._on_clock)
 
     def tick(self) -> None:
         """One 20 ms step for every endpoint (see the module docstring)."""

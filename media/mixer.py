@@ -1,10 +1,14 @@
 """Who hears whom: the links between endpoints of one engine, and conferences made of them.
 
 A link (listener ← talker) says that what the talker's phone sends is heard by the
-listener's phone. The tick mixes all links of all endpoints at once: the listener rows' sum
-of their talkers' frames is one scatter-add over the link table (`Links.mix`), so a
-two-party bridge, a 3-party conference and a supervisor's listen cost the same kind of work,
-with no Python per link.
+listener's phone. The tick mixes all links of all endpoints at once (`Links.mix`): the links
+are kept as a table with a row per listener and a column per talker it hears, listeners with
+more talkers first, so the sum is one gather-and-add per column (the first talker of every
+listener, then the second of those that have two, …). The loop is over the columns (the
+largest number of talkers anyone hears), never over listeners or links; ``np.add.at``, the
+obvious scatter-add, and ``np.add.reduceat`` were 100 and 10 times slower on rows of 160
+samples. A two-party bridge, a 3-party conference and a supervisor's listen cost the same
+kind of work.
 
 A `Conference` turns members and their modes into links. Every member speaks in one of
 three ways, which is how supervisor tools are made:
@@ -37,8 +41,12 @@ class Links:
 
     def __init__(self) -> None:
         self._pairs: set[tuple[int, int]] = set()
-        self.listeners = np.zeros(0, np.int64)
-        self.talkers = np.zeros(0, np.int64)
+        # the mixing table (see the module docstring): listener rows, most talkers first;
+        # their talkers, one column each; how many listeners have a talker in each column
+        self._heard = np.zeros(0, np.int64)
+        self._table = np.zeros((0, 0), np.int64)
+        self._depth: list[int] = []
+        self._out = np.zeros((0, FRAME), np.int32)
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -66,23 +74,41 @@ class Links:
         return sorted(t for lst, t in self._pairs if lst == listener)
 
     def _refresh(self) -> None:
-        pairs = sorted(self._pairs)
-        self.listeners = np.array([p[0] for p in pairs], np.int64)
-        self.talkers = np.array([p[1] for p in pairs], np.int64)
+        heard: dict[int, list[int]] = {}
+        for listener, talker in sorted(self._pairs):
+            heard.setdefault(listener, []).append(talker)
+        order = sorted(heard, key=lambda listener: -len(heard[listener]))
+        width = len(heard[order[0]]) if order else 0
+        self._heard = np.array(order, np.int64)
+        self._table = np.zeros((len(order), width), np.int64)
+        for i, listener in enumerate(order):
+            self._table[i, : len(heard[listener])] = heard[listener]
+        self._depth = [sum(len(t) > column for t in heard.values()) for column in range(width)]
 
     def mix(
         self, frames: np.ndarray, present: np.ndarray, capacity: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Each listener's sum of its talkers' ``frames`` (int32, all rows), and which got any.
+        """Each listener's sum of its talkers' ``frames`` (int32, all rows, in a buffer the next
+        call reuses), and which listeners got any.
 
         ``frames`` holds every row's decoded input of this tick; ``present`` says which rows
         had audio at all (a talker with no packets adds nothing and wakes no listener).
         """
-        out = np.zeros((capacity, FRAME), np.int32)
+        if len(self._out) != capacity:
+            self._out = np.zeros((capacity, FRAME), np.int32)
+        out = self._out  # reused: a fresh array this size costs page faults every tick
+        out.fill(0)
         heard = np.zeros(capacity, bool)
-        if len(self.listeners):
-            np.add.at(out, self.listeners, frames[self.talkers])
-            heard[self.listeners[present[self.talkers]]] = True
+        if len(self._heard):
+            table = self._table
+            total = frames[table[:, 0]].astype(np.int32)
+            any_present = present[table[:, 0]]
+            for column in range(1, table.shape[1]):
+                depth = self._depth[column]
+                total[:depth] += frames[table[:depth, column]]
+                any_present[:depth] |= present[table[:depth, column]]
+            out[self._heard] = total
+            heard[self._heard] = any_present
         return out, heard
 
 
