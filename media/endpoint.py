@@ -76,7 +76,7 @@ class EngineEndpoint:
         self._events: deque[tuple[bytes, bool]] = deque()  # RFC 4733 packets to send
         self._event_ts = 0
         self._interruptible: asyncio.Future[bool] | None = None
-        engine.loop.add_reader(self._sock.fileno(), self._read)
+        engine.watch(self._sock, self._read)
 
     def __repr__(self) -> str:
         return f"<EngineEndpoint row={self.row} {self._address[0]}:{self._address[1]}>"
@@ -98,6 +98,7 @@ class EngineEndpoint:
             return
         self._sock.connect(peer)
         self.peer = peer
+        self.engine.senders[self.row] = self._sock.send
         self.engine.sending[self.row] = True
 
     def set_format(self, codec: str, pt: int, events_pt: int | None) -> None:
@@ -170,24 +171,19 @@ class EngineEndpoint:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, packet: memoryview) -> None:
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # a full buffer, ICMP: RTP is lossy by design
-                sock.send(packet)
-
-    def has_events(self) -> bool:
-        return bool(self._events)
-
-    def send_event(self, seq: int, ts: int, ssrc: int) -> None:
-        """Send the next RFC 4733 packet of the digit being sent (the engine's clock calls)."""
+    def send_event(self, seq: int, ts: int, ssrc: int) -> bool:
+        """Send the next RFC 4733 packet of the digit being sent (the engine's clock calls);
+        whether more are waiting."""
         payload, marker = self._events.popleft()
         if marker:
             self._event_ts = ts
         pt = self.events_pt if self.events_pt is not None else 101
         header = bytes((0x80, pt | (0x80 if marker else 0))) + seq.to_bytes(2, "big")
         packet = header + self._event_ts.to_bytes(4, "big") + ssrc.to_bytes(4, "big") + payload
-        self.send(memoryview(packet))
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # a full buffer, ICMP: RTP is lossy by design
+                self._sock.send(packet)
+        return bool(self._events)
 
     def send_digit(self, digit: str, duration_ms: int = 100) -> None:
         """Press ``digit`` towards the phone, in the form the phone negotiated."""
@@ -195,6 +191,7 @@ class EngineEndpoint:
             raise ValueError(f"not a DTMF digit: {digit!r}")
         if self.events_pt is not None:
             self._events.extend(event_packets(digit, duration_ms))
+            self.engine.eventful.add(self.row)
         elif self.on_info is not None:
             self.on_info(digit)
         else:  # no telephone-event, no signalling: the tone itself, in the audio
@@ -296,7 +293,7 @@ class EngineEndpoint:
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        self.engine.loop.remove_reader(sock.fileno())
+        self.engine.watch(sock, None)
         sock.close()
         if self._idle is not None:
             self._idle.cancel()

@@ -48,6 +48,8 @@ class JitterBuffers:
         self.misses = np.zeros(capacity, np.int32)  # frames missed in a row
         self.last = np.zeros((capacity, FRAME), np.int16)  # the previous frame, to conceal
         # per-row bookkeeping touched once per packet: plain lists are faster than arrays
+        self._views = self._cell_views()  # [row][cell]: where recv_into writes
+        self._tags = [[-1] * DEPTH for _ in range(capacity)]  # `tags`, to look up per packet
         self._write = [0] * capacity  # the cell the next packet is read into
         self._ext = [-1] * capacity  # the last extended seq seen (-1: none yet)
         self.late = [0] * capacity  # packets dropped as too late (or duplicates)
@@ -67,11 +69,18 @@ class JitterBuffers:
         for column in (self._write, self.late, self.received):
             column.extend([0] * extra)
         self._ext.extend([-1] * extra)
+        self._tags.extend([-1] * DEPTH for _ in range(extra))
+        self._views = self._cell_views()  # the cells array is a new one
         self.capacity = capacity
+
+    def _cell_views(self) -> list[list[memoryview]]:
+        cells = self.cells
+        return [[memoryview(cells[row, c]) for c in range(DEPTH)] for row in range(len(cells))]
 
     def reset(self, row: int) -> None:
         """Forget everything of ``row`` (a new endpoint takes the slot)."""
         self.tags[row] = -1
+        self._tags[row] = [-1] * DEPTH
         self.started[row] = False
         self.misses[row] = 0
         self.last[row] = 0
@@ -82,7 +91,7 @@ class JitterBuffers:
 
     def cell(self, row: int) -> memoryview:
         """Where the row's next packet is to be read (by ``socket.recv_into``)."""
-        return memoryview(self.cells[row, self._write[row]])
+        return self._views[row][self._write[row]]
 
     def put(self, row: int, seq: int, length: int) -> None:
         """The packet just read into ``cell(row)`` has sequence number ``seq``: keep it."""
@@ -98,15 +107,17 @@ class JitterBuffers:
         self._ext[row] = max(ext, last)
         self.received[row] += 1
         nxt = int(self.next[row])
+        tags = self._tags[row]
         if not self.started[row] or abs(ext - nxt) > RESYNC:
             self.tags[row] = -1
+            tags[:] = [-1] * DEPTH
             self.next[row] = ext - DELAY
             self.started[row] = True
             self.misses[row] = 0
-        elif ext < nxt or ext in self.tags[row]:
+        elif ext < nxt or ext in tags:
             self.late[row] += 1
             return
-        self.tags[row, cell] = ext
+        self.tags[row, cell] = tags[cell] = ext
         self._write[row] = (cell + 1) % DEPTH
 
     def _pad(self, row: int, cell: int) -> int:
