@@ -7,8 +7,9 @@ at once:
 
 1. take one frame per receiving row out of its jitter buffer (``media.jitter``) and decode it
    (G.711 tables, ``media.g711``): one gather for every row;
-2. look for in-band DTMF tones in the rows whose phone has no telephone-event
-   (``media.dtmf.InbandDetector``, Goertzel over the whole block);
+2. look for in-band DTMF tones in the rows whose phone has no telephone-event and talks to
+   the switch, not to a bridged phone (``media.dtmf.InbandDetector``, Goertzel over the
+   whole block);
 3. hand the frames to the recordings (``media.recorder``);
 4. mix what each row hears (``media.mixer.Links``: bridges, conferences, supervisors) and add
    what each row plays (``media.player``);
@@ -327,7 +328,11 @@ class MediaEngine:
         self.stats.tick_seconds += time.perf_counter() - started
 
     def _detect_tones(self, rows: np.ndarray, frames: np.ndarray) -> None:
-        listening = rows[self.detect[rows]]
+        """Look for DTMF tones from phones with no telephone-event that talk to the switch
+        (a menu, voicemail); a bridged phone's tones reach the other phone in the audio."""
+        watch = self.detect.copy()
+        watch[self.links.listeners] = False
+        listening = rows[watch[rows]]
         if not len(listening):
             return
         for row, digit in self.tones.feed(listening, frames[listening]):

@@ -70,6 +70,11 @@ class Links:
         self._pairs = (self._pairs - old) | {p for p in pairs if p[0] != p[1]}
         self._refresh()
 
+    @property
+    def listeners(self) -> np.ndarray:
+        """The rows that hear someone (bridged or in a conference)."""
+        return self._heard
+
     def talkers_of(self, listener: int) -> list[int]:
         return sorted(t for lst, t in self._pairs if lst == listener)
 
