@@ -41,6 +41,7 @@ class Links:
 
     def __init__(self) -> None:
         self._pairs: set[tuple[int, int]] = set()
+        self.conferences: set[Conference] = set()  # open ones: a dropped row leaves them too
         # the mixing table (see the module docstring): listener rows, most talkers first;
         # their talkers, one column each; how many listeners have a talker in each column
         self._heard = np.zeros(0, np.int64)
@@ -61,7 +62,10 @@ class Links:
         self._refresh()
 
     def drop(self, row: int) -> None:
-        """Every link to or from ``row`` (its endpoint is gone)."""
+        """Every link to or from ``row`` (its endpoint is gone), and its conference places:
+        the row is reused by the next endpoint, which must not inherit them."""
+        for conference in list(self.conferences):
+            conference.remove(row)
         self._pairs = {p for p in self._pairs if row not in p}
         self._refresh()
 
@@ -136,6 +140,7 @@ class Conference:
         self._links = links
         self._members: dict[int, _Member] = {}
         self._pairs: set[tuple[int, int]] = set()
+        links.conferences.add(self)
 
     @property
     def members(self) -> list[int]:
@@ -158,6 +163,7 @@ class Conference:
     def close(self) -> None:
         self._members.clear()
         self._relink()
+        self._links.conferences.discard(self)
 
     def _relink(self) -> None:
         pairs = set()

@@ -237,6 +237,26 @@ async def test_supervisor_modes_decide_who_hears_whom(
         assert not hears(name, name)  # nobody hears themselves
 
 
+async def test_a_closed_endpoints_row_leaves_its_conference(engine: MediaEngine) -> None:
+    # Rows are reused: the next endpoint on a freed row must not be heard in the old mix.
+    first, second = engine.endpoint(), engine.endpoint()
+    mix = engine.conference()
+    mix.add(first.row)
+    mix.add(second.row)
+    row = second.row
+    second.close()
+    assert mix.members == [first.row]
+    reused = engine.endpoint()
+    assert reused.row == row
+    third = engine.endpoint()
+    mix.add(third.row)  # relinks the conference: the reused row must not come back
+    assert sorted(mix.members) == sorted([first.row, third.row])
+    assert engine.links.talkers_of(third.row) == [first.row]
+    assert engine.links.talkers_of(reused.row) == []
+    mix.close()
+    assert mix not in engine.links.conferences
+
+
 def event(digit: int, *, end: bool, duration: int, seq: int, ts: int) -> bytes:
     header = struct.pack("!BBHII", 0x80, 101, seq, ts, 0xD7)
     return header + struct.pack("!BBH", digit, (0x80 if end else 0) | 10, duration)
