@@ -8,6 +8,7 @@ canonical form; parameters keep their order and their written values.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from switch.sip.errors import ParseError
@@ -122,7 +123,13 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_name_addr(value: str, what: str) -> NameAddr:
+    """Parse a name-addr or addr-spec with its parameters.
+
+    Results are cached: a dialog repeats its From, To and Contact in every request and
+    response, and a ``NameAddr`` is immutable.
+    """
     value = value.strip()
     display: str | None = None
     if value.startswith('"'):
