@@ -24,6 +24,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write (and flush) per line; print() writes the line and its newline apart, two
+        # system calls when stdout is unbuffered (PYTHONUNBUFFERED, as under many supervisors).
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )

@@ -57,8 +57,23 @@ class Metrics:
             "softswitch_banned_packets", "Packets dropped from blocked sources", registry=r
         )
 
+        # Each label's series, looked up once: `labels()` takes a lock and builds its key on
+        # every call, and these two count every SIP message. Bounded: the known methods and
+        # "other", and the status codes 100-699 (the parser refuses others).
+        self._requests: dict[str, Counter] = {}
+        self._responses: dict[int, Counter] = {}
+
     def request(self, method: str) -> None:
-        self.sip_requests.labels(method if method in KNOWN_METHODS else "other").inc()
+        series = self._requests.get(method)
+        if series is None:
+            label = method if method in KNOWN_METHODS else "other"
+            series = self.sip_requests.labels(label)
+            if label != "other":  # "other" methods are the peer's to invent: not kept
+                self._requests[method] = series
+        series.inc()
 
     def response(self, status: int) -> None:
-        self.sip_responses.labels(str(status)).inc()
+        series = self._responses.get(status)
+        if series is None:
+            series = self._responses[status] = self.sip_responses.labels(str(status))
+        series.inc()

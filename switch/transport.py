@@ -33,7 +33,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import structlog
@@ -183,6 +183,16 @@ class Listener:
     transport: str
     host: str
     port: int
+    # Bound to 0.0.0.0 or ::: no address to put in a Via or Contact (``local_host``). Known
+    # once here, not parsed again for every request we send.
+    wildcard: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            wildcard = ipaddress.ip_address(self.host).is_unspecified
+        except ValueError:
+            wildcard = False
+        object.__setattr__(self, "wildcard", wildcard)
 
 
 class Transports:
@@ -317,14 +327,14 @@ class Transports:
         the kernel would send from toward the peer is (a connected UDP socket sends
         nothing). A peer known by name gets the listener's address as it is.
         """
-        try:
-            if not ipaddress.ip_address(listener.host).is_unspecified:
-                return listener.host
-            ipaddress.ip_address(peer.host)
-        except ValueError:
+        if not listener.wildcard:
             return listener.host
         host = self._routes.get(peer.host)
         if host is None:
+            try:
+                ipaddress.ip_address(peer.host)
+            except ValueError:
+                return listener.host
             family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
             try:
                 with socket.socket(family, socket.SOCK_DGRAM) as probe:

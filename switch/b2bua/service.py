@@ -56,8 +56,9 @@ import asyncio
 import enum
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
@@ -104,6 +105,8 @@ from switch.sip.uri import SipUri
 from switch.transport import Peer
 
 log = structlog.get_logger()
+
+_K = TypeVar("_K", bound=Hashable)
 
 
 @dataclass(slots=True)
@@ -637,28 +640,34 @@ class B2bua:
             # The new party is in the call, the replaced one out: the limits count that.
             users = [u for u in usage.users if u != event.replaced]
             usage.users = (*users, event.target) if event.target not in users else tuple(users)
-            self._per_user.subtract([(usage.tenant, event.replaced)])
+            _uncount(self._per_user, [(usage.tenant, event.replaced)])
             self._per_user.update([(usage.tenant, event.target)])
-            self._per_user = +self._per_user
         through_gateways = usage is not None and len(usage.gateways) > 1
         if isinstance(event, CCEventConnect) and isinstance(call, Call) and through_gateways:
             assert usage is not None
             # Answered: the call now holds a place on the gateway it went through only.
             kept = {name: peer for name, peer in usage.gateways.items() if peer == call.b_peer}
-            self._per_gateway.subtract(name for name in usage.gateways if name not in kept)
-            self._per_gateway = +self._per_gateway
+            _uncount(self._per_gateway, [name for name in usage.gateways if name not in kept])
             usage.gateways = kept
         if isinstance(event, CCEventFail | CCEventDisconnect):
             self.active.discard(call)
             self.metrics.calls_active.set(len(self.active))
             usage = self._usage.pop(call, None)
             if usage is not None:
-                self._per_tenant.subtract([usage.tenant])
-                self._per_user.subtract((usage.tenant, user) for user in usage.users)
-                self._per_gateway.subtract(usage.gateways.keys())
-            # drop zeros
-            self._per_tenant, self._per_user = +self._per_tenant, +self._per_user
-            self._per_gateway = +self._per_gateway
+                _uncount(self._per_tenant, [usage.tenant])
+                _uncount(self._per_user, [(usage.tenant, user) for user in usage.users])
+                _uncount(self._per_gateway, list(usage.gateways))
+
+
+def _uncount(counter: Counter[_K], keys: list[_K]) -> None:
+    """Take one off each of ``keys``, dropping those that reach zero: the counters hold only
+    what is in calls now (a copy of the whole counter per ended call cost O(calls))."""
+    for key in keys:
+        left = counter[key] - 1
+        if left > 0:
+            counter[key] = left
+        else:
+            counter.pop(key, None)
 
 
 def _gateway_full(request: Request, gateway: Gateway, to_tag: str) -> Response:

@@ -8,6 +8,7 @@ canonical form; parameters keep their order and their written values.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from switch.sip.errors import ParseError
@@ -122,7 +123,14 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
+@functools.lru_cache(maxsize=2048)
 def parse_name_addr(value: str, what: str) -> NameAddr:
+    """Parse a name-addr or addr-spec with its parameters.
+
+    Results are cached: a dialog repeats its From, To and Contact in every request and
+    response within a second or so of call set-up, and a ``NameAddr`` is immutable. The
+    cache is kept small: every entry is walked by each full garbage collection.
+    """
     value = value.strip()
     display: str | None = None
     if value.startswith('"'):

@@ -16,7 +16,10 @@ Inputs                                   Outputs (drained by the caller)
 
 The bytes are for the peer the request came from / goes to; the transport
 (§18) picks the address. Each message is serialized once and its bytes are
-reused for every retransmission.
+reused for every retransmission. Once an INVITE server transaction has sent
+its final response, ``request`` keeps only the Request-Line and the Vias
+(``Request.routing_only``): that is all Accepted, Completed and Confirmed
+need, and the TU answers from the request RequestReceived gave it.
 
 Events for the TU (frozen dataclasses):
   RequestReceived(request)    the request that created a server transaction;
@@ -477,6 +480,9 @@ class ServerInviteTransaction(ServerTransaction):
             self._provisional = data
             return
         self._final_to_tag = response.to.tag
+        # From here on only the Via matters (where a 2xx the TU resends goes); the TU keeps
+        # the whole request for itself.
+        self.request = self.request.routing_only()
         if status < 300:
             self.state = State.ACCEPTED
             self._arm(Timer.L, now, 64 * self.t1)

@@ -558,6 +558,7 @@ class Pair:
     wire: list[tuple[float, str, str]] = field(default_factory=list)  # (t, label, fate)
     _seen: Counter[str] = field(default_factory=Counter)
     _queue: list[tuple[float, int, str, bytes]] = field(default_factory=list)
+    request: Request | None = None  # what Bob's TU got (RequestReceived), to answer from
 
     def run(self, until: float = 100.0) -> None:
         self.client.start(0.0)
@@ -577,7 +578,10 @@ class Pair:
             for t, status in [item for item in self.tu if item[0] <= now]:
                 self.tu.remove((t, status))
                 (server,) = (txn for txn in self.table if isinstance(txn, ServerTransaction))
-                server.send_response(answer(server.request, status), now)
+                # The UAS core answers from the request it was given (RequestReceived): once
+                # a final response is sent the transaction keeps only the request's Vias.
+                assert self.request is not None
+                server.send_response(answer(self.request, status), now)
             self._flush(now)
 
     def _all(self) -> list[Transaction]:
@@ -595,10 +599,12 @@ class Pair:
             txn.receive(msg, now)
         elif msg.method == "INVITE":
             self.table.add(ServerInviteTransaction(msg, now))
+            self.request = msg
         elif msg.method == "ACK":
             self.server_events.append("ACK to the UAS core")
         else:
             self.table.add(ServerNonInviteTransaction(msg, now))
+            self.request = msg
 
     def _flush(self, now: float) -> None:
         outputs = [("server", self.client)] + [("client", txn) for txn in self.table]
