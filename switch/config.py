@@ -24,7 +24,6 @@ from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -38,7 +37,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from media.config import RelayConfig
 from media.prompts import Prompts
@@ -46,12 +45,10 @@ from switch.numbers import COUNTRIES, to_e164
 from switch.yamlsource import (
     ConfigError,
     Loc,
-    Problem,
     duplicate_keys,
-    inside,
-    locate,
     read_yaml,
-    render,
+    show,
+    validation_problems,
 )
 
 # One error type for every check written here; "at" extends the error's location so a
@@ -142,7 +139,7 @@ def _network(value: Any) -> Any:
         return ip_network(value, strict=False)
     except (TypeError, ValueError):
         raise _invalid(
-            f"got {_show(value)} (expected an IP address or network, e.g. 10.0.0.0/8)"
+            f"got {show(value)} (expected an IP address or network, e.g. 10.0.0.0/8)"
         ) from None
 
 
@@ -222,7 +219,7 @@ def _host_port(value: Any) -> HostPort:
         return value
     expected = 'expected host:port, e.g. 127.0.0.1:9090, or in quotes "[::1]:9090"'
     if not isinstance(value, str):
-        raise _invalid(f"got {_show(value)} ({expected})")
+        raise _invalid(f"got {show(value)} ({expected})")
     host, _, port = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -705,6 +702,12 @@ class Config(_Section):
         return None
 
 
+# pydantic puts the tag of a route's handler into the location of its errors; the YAML has
+# no such key (routes.500.follow-me.timeout is routes.500.timeout).
+_ROUTE_TAGS = frozenset(get_args(m.model_fields["handler"].annotation)[0]
+                        for m in get_args(get_args(Route)[0]))  # fmt: skip
+
+
 def load_config(path: Path) -> Config:
     """Read and validate the daemon configuration; raise ConfigError listing every problem."""
     root, data = read_yaml(path)
@@ -712,95 +715,7 @@ def load_config(path: Path) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        # A list whose items failed also reports itself "too short" by the items left: noise.
-        problems += [
-            _validation_problem(path, root, error)
-            for error in errors
-            if error["type"] != "too_short"
-            or not any(inside(e["loc"], error["loc"]) for e in errors)
-        ]
+        problems += validation_problems(path, root, exc, Config, _ERROR_TYPE, _ROUTE_TAGS)
     if problems:
         raise ConfigError(sorted(problems, key=lambda problem: problem.line or 0))
     return config
-
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "string_type": "a string",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "path_type": "a file path",
-    "tuple_type": "a list",
-    "model_type": "a mapping of keys",
-    "greater_than": "a number greater than {gt}",
-    "greater_than_equal": "a number of at least {ge}",
-    "less_than_equal": "a number of at most {le}",
-    "literal_error": "one of {expected}",
-    "too_short": "at least {min_length} item(s)",
-    "string_too_short": "a non-empty string",
-}
-
-
-# pydantic puts the tag of a route's handler into the location of its errors; the YAML has
-# no such key (routes.500.follow-me.timeout is routes.500.timeout).
-_ROUTE_TAGS = frozenset(get_args(m.model_fields["handler"].annotation)[0]
-                        for m in get_args(get_args(Route)[0]))  # fmt: skip
-
-
-def _without_tags(loc: Loc) -> Loc:
-    return tuple(
-        part for i, part in enumerate(loc)
-        if not (part in _ROUTE_TAGS and i >= 2 and loc[i - 2] == "routes")
-    )  # fmt: skip
-
-
-def _validation_problem(path: Path, root: yaml.Node | None, error: ErrorDetails) -> Problem:
-    ctx = error.get("ctx", {})
-    loc: Loc = (*_without_tags(error["loc"]), *ctx.get("at", ()))  # ours have no tags
-    line, node = locate(root, loc)
-    kind = error["type"]
-    if kind == "missing":
-        return Problem(path, line, render(loc[:-1]), f"missing required key {loc[-1]!r}")
-    if kind == "extra_forbidden":
-        allowed = _keys_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        message = f"unknown key {loc[-1]!r} ({hint}expected one of: {', '.join(allowed)})"
-        return Problem(path, line, render(loc[:-1]), message)
-    if kind == _ERROR_TYPE:
-        return Problem(path, line, render(loc), str(ctx["message"]))
-    if kind == "union_tag_invalid":  # e.g. a route's handler: name the key and the choices
-        key = str(ctx["discriminator"]).strip("'")
-        line, _ = locate(root, (*loc, key))
-        message = f"unknown {key} {ctx['tag']!r} (expected one of {ctx['expected_tags']})"
-        return Problem(path, line, render((*loc, key)), message)
-    if kind not in _EXPECTED:
-        return Problem(path, line, render(loc), error["msg"])
-    got = repr(node.value) if isinstance(node, yaml.ScalarNode) else _show(error["input"])
-    expected = _EXPECTED[kind].format(**ctx)
-    if kind == "string_type" and isinstance(node, yaml.ScalarNode) and node.style is None:
-        expected += f'; YAML reads {node.value} as another type, so write "{node.value}"'
-    return Problem(path, line, render(loc), f"got {got} (expected {expected})")
-
-
-def _keys_at(loc: Loc) -> list[str]:
-    """The keys the model at loc accepts, found by following field annotations from Config."""
-    annotation: Any = Config
-    for part in loc:
-        if isinstance(part, int):
-            annotation = get_args(annotation)[0]  # tuple[Item, ...]
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            annotation = annotation.model_fields[part].annotation
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
-
-
-def _show(value: Any) -> str:
-    kinds = {type(None): "nothing", dict: "a mapping", list: "a list"}
-    return kinds.get(type(value), repr(value))

@@ -1,18 +1,23 @@
 """A YAML file read for validation: line numbers of keys, and problems that name them.
 
 `read_yaml` keeps the node tree next to the data so a schema error found later can be put
-back on its line (`locate`); PyYAML's silent last-wins for repeated keys is reported
-(`duplicate_keys`). `Problem` renders as ``file:line: where: message``, the form editors
-and CI logs jump to. The schema itself (switch.config) is not known here.
+back on its line (`locate`, and `validation_problems` for all of a pydantic validation's
+errors, with what was expected in words); PyYAML's silent last-wins for repeated keys is
+reported (`duplicate_keys`). `Problem` renders as ``file:line: where: message``, the form
+editors and CI logs jump to. The schema itself (switch.config) is passed in, not known here.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, get_args
 
 import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 Loc = tuple[int | str, ...]  # a key path: "tenants", 0, "users"
 
@@ -138,3 +143,110 @@ def locate(root: yaml.Node | None, loc: Loc) -> tuple[int, yaml.Node | None]:
 def render(loc: Loc) -> str:
     text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
     return text.removeprefix(".")
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "path_type": "a file path",
+    "tuple_type": "a list",
+    "model_type": "a mapping of keys",
+    "greater_than": "a number greater than {gt}",
+    "greater_than_equal": "a number of at least {ge}",
+    "less_than_equal": "a number of at most {le}",
+    "literal_error": "one of {expected}",
+    "too_short": "at least {min_length} item(s)",
+    "string_too_short": "a non-empty string",
+}
+
+
+def _without_tags(loc: Loc, tags: frozenset[str]) -> Loc:
+    """``loc`` without the union tags pydantic puts after a ``routes`` key (not in the YAML)."""
+    return tuple(
+        part for i, part in enumerate(loc)
+        if not (part in tags and i >= 2 and loc[i - 2] == "routes")
+    )  # fmt: skip
+
+
+def validation_problems(
+    path: Path,
+    root: yaml.Node | None,
+    exc: ValidationError,
+    model: type[BaseModel],
+    own_type: str,
+    tags: frozenset[str],
+) -> list[Problem]:
+    """The problems of a failed validation of ``model``, each on the line of its key.
+
+    ``own_type`` is the error type of the schema's own checks (their message is shown as it
+    is; ``ctx["at"]`` extends their location); ``tags`` the discriminator tags pydantic puts in
+    locations after a ``routes`` key.
+    """
+    errors = exc.errors()
+    # A list whose items failed also reports itself "too short" by the items left: noise.
+    return [
+        _problem(path, root, error, model, own_type, tags)
+        for error in errors
+        if error["type"] != "too_short" or not any(inside(e["loc"], error["loc"]) for e in errors)
+    ]
+
+
+def _problem(
+    path: Path,
+    root: yaml.Node | None,
+    error: ErrorDetails,
+    model: type[BaseModel],
+    own_type: str,
+    tags: frozenset[str],
+) -> Problem:
+    ctx = error.get("ctx", {})
+    loc: Loc = (*_without_tags(error["loc"], tags), *ctx.get("at", ()))  # ours have no tags
+    line, node = locate(root, loc)
+    kind = error["type"]
+    if kind == "missing":
+        return Problem(path, line, render(loc[:-1]), f"missing required key {loc[-1]!r}")
+    if kind == "extra_forbidden":
+        allowed = _keys_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        message = f"unknown key {loc[-1]!r} ({hint}expected one of: {', '.join(allowed)})"
+        return Problem(path, line, render(loc[:-1]), message)
+    if kind == own_type:
+        return Problem(path, line, render(loc), str(ctx["message"]))
+    if kind == "union_tag_invalid":  # e.g. a route's handler: name the key and the choices
+        key = str(ctx["discriminator"]).strip("'")
+        line, _ = locate(root, (*loc, key))
+        message = f"unknown {key} {ctx['tag']!r} (expected one of {ctx['expected_tags']})"
+        return Problem(path, line, render((*loc, key)), message)
+    if kind not in _EXPECTED:
+        return Problem(path, line, render(loc), error["msg"])
+    got = repr(node.value) if isinstance(node, yaml.ScalarNode) else show(error["input"])
+    expected = _EXPECTED[kind].format(**ctx)
+    if kind == "string_type" and isinstance(node, yaml.ScalarNode) and node.style is None:
+        expected += f'; YAML reads {node.value} as another type, so write "{node.value}"'
+    return Problem(path, line, render(loc), f"got {got} (expected {expected})")
+
+
+def _keys_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys the model at loc accepts, found by following field annotations from ``model``."""
+    annotation: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            annotation = get_args(annotation)[0]  # tuple[Item, ...]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = annotation.model_fields[part].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def show(value: Any) -> str:
+    """A value as an error message names it: mappings and lists by kind, others by repr."""
+    kinds = {type(None): "nothing", dict: "a mapping", list: "a list"}
+    return kinds.get(type(value), repr(value))
