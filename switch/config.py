@@ -8,12 +8,14 @@ from the composed YAML node tree, walked along pydantic's error locations.
 Gateways (trunk peers known by address) and each tenant's company numbers (DIDs) are checked
 here across the whole file: a tenant's gateway must exist, a DID belongs to one tenant and
 points at one of its extensions or routes. A route (a number the switch answers itself with a
-built-in call handler) is not an extension, names a handler that exists, and needs the relay.
+built-in call handler) is not an extension, names a handler that exists, plays prompts that
+exist in the configured prompt set (or WAV files that exist), and needs the relay.
 Numbers an operator writes (DIDs, caller IDs) may be national in the tenant's ``country``; they
 are kept in E.164 (switch/numbers.py).
 
 It does not open sockets, create the database or read dialplans; paths it checks (TLS
-certificate and key) are taken as written, relative ones from the working directory.
+certificate and key, prompt WAVs) are taken as written, relative ones from the working
+directory.
 """
 
 from __future__ import annotations
