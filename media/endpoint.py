@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from media.dtmf import DIGITS, EventReceiver, event_packets, tone
 from media.forward import bind_udp
 from media.jitter import HEADER
+from media.recorder import Recording
 from media.stats import Addr
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ class EngineEndpoint:
         self._sock: socket.socket | None = bind_udp(engine.host, 0)
         self._address: Addr = self._sock.getsockname()[:2]
         self.peer: Addr | None = None
-        self.codec = "PCMU"
         self.voice_pt = 0
         self.events_pt: int | None = None
         self.bad = 0  # packets that were not RTP, or of a payload type not agreed
@@ -76,6 +76,7 @@ class EngineEndpoint:
         self._events: deque[tuple[bytes, bool]] = deque()  # RFC 4733 packets to send
         self._event_ts = 0
         self._interruptible: asyncio.Future[bool] | None = None
+        self._recording: tuple[Recording, str] | None = None  # ended by these digits
         engine.watch(self._sock, self._read)
 
     def __repr__(self) -> str:
@@ -102,7 +103,7 @@ class EngineEndpoint:
         self.engine.sending[self.row] = True
 
     def set_format(self, codec: str, pt: int, events_pt: int | None) -> None:
-        self.codec, self.voice_pt, self.events_pt = codec, pt, events_pt
+        self.voice_pt, self.events_pt = pt, events_pt
         self.engine.set_codec(self.row, codec, pt, inband=events_pt is None)
 
     # -- receiving -------------------------------------------------------------------------
@@ -160,6 +161,10 @@ class EngineEndpoint:
         """The phone pressed ``digit`` (``in_audio``: heard as tones, which a bridged phone
         hears as they are, so they are not sent on as events too)."""
         self.engine.stats.digits += 1
+        recording = self._recording
+        if recording is not None and digit in recording[1]:
+            recording[0].stop("terminator")  # the key that ends a message is used up by it
+            return
         self._digits.append(digit)
         if self.on_digit is not None and not in_audio:
             self.on_digit(digit)
@@ -269,24 +274,12 @@ class EngineEndpoint:
     ) -> float:
         """Record the phone until ``max_seconds``, ``silence`` s of quiet or a terminator."""
         recording = self.engine.record(path, [self.row], max_seconds=max_seconds, silence=silence)
-        previous = self.on_digit
-
-        def on_digit(digit: str) -> None:
-            if digit in terminators:
-                recording.stop("terminator")
-            if previous is not None:
-                previous(digit)
-
-        self.on_digit = on_digit
+        self._recording = (recording, terminators)
         try:
             await asyncio.shield(recording.done)
         finally:
             recording.stop("cancelled")
-            self.on_digit = previous
-        for _ in range(len(self._digits)):
-            digit = self._digits.popleft()
-            if digit not in terminators:
-                self._digits.append(digit)
+            self._recording = None
         return recording.duration
 
     def close(self) -> None:

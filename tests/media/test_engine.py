@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from media.audio import read_wav
+from media.dtmf import tone
 from media.endpoint import EngineEndpoint
 from media.engine import MediaEngine
 from media.mixer import Mode
@@ -314,6 +315,18 @@ async def test_recording_a_phone_ends_at_its_terminator(connect: Connect, tmp_pa
     samples, _ = read_wav(tmp_path / "vm.wav")
     assert len(samples) == pytest.approx(seconds * 8000)
     assert await endpoint.collect(1, timeout=0.05) == ""  # the "#" that ended it is used
+    talking.cancel()
+
+
+async def test_a_phone_without_telephone_event_ends_a_recording_with_a_tone(
+    connect: Connect, tmp_path: Path
+) -> None:
+    endpoint, phone = connect(events_pt=None)  # so the engine listens for tones
+    message = np.concatenate([sine(500, 0.8), tone("#", 120), sine(500, 2.0)])
+    talking = asyncio.ensure_future(send_stream(phone, endpoint.address, packets(message)))
+    seconds = await asyncio.wait_for(endpoint.record(tmp_path / "vm.wav", max_seconds=10), 5)
+    assert 0.7 < seconds < 1.5  # ended by the "#" heard in the audio, not by max_seconds
+    assert await endpoint.collect(1, timeout=0.05) == ""  # and the "#" is used up
     talking.cancel()
 
 
