@@ -116,6 +116,8 @@ class JitterBuffers:
             self.misses[row] = 0
         elif ext < nxt or ext in tags:
             self.late[row] += 1
+            # it was read over this cell: whatever the cell held is gone, and must not play
+            self.tags[row, cell] = tags[cell] = -1
             return
         self.tags[row, cell] = tags[cell] = ext
         self._write[row] = (cell + 1) % DEPTH
