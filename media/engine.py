@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import structlog
 
 from media.audio import AudioCache
 from media.dtmf import InbandDetector
@@ -67,12 +66,22 @@ if TYPE_CHECKING:
 
 __all__ = ["CODECS", "PTIME", "EngineStats", "MediaEngine"]
 
-_log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
-
 PTIME: Final = 0.020
 MAX_CATCH_UP: Final = 5
 CATCH_UP_GAP: Final = 0.001  # between ticks run late: a poll of the sockets in between
 CODECS: Final = ("PCMU", "PCMA")  # the row's codec is an index into this
+_ROW_ARRAYS: Final = (
+    "used",
+    "codec",
+    "voice_pt",
+    "detect",
+    "talking",
+    "sending",
+    "seq",
+    "ts",
+    "ssrc",
+    "packets",
+)
 _DECODE: Final = np.stack([DECODE[c] for c in CODECS])  # (codecs, 256) int16
 _ENCODE: Final = np.stack([ENCODE[c] for c in CODECS])  # (codecs, 65536) uint8
 
@@ -94,17 +103,6 @@ class EngineStats:
 class MediaEngine:
     """All media endpoints of a process and their clock (see the module docstring)."""
 
-    # one row per endpoint slot (see `_grow`)
-    codec: np.ndarray
-    voice_pt: np.ndarray
-    detect: np.ndarray
-    talking: np.ndarray
-    sending: np.ndarray
-    seq: np.ndarray
-    ts: np.ndarray
-    ssrc: np.ndarray
-    packets: np.ndarray
-
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -123,6 +121,17 @@ class MediaEngine:
         self.recordings_dir = Path(recordings).resolve()
         self.stats = EngineStats()
         self.capacity = 0
+        # one row per endpoint slot, grown together (`_grow`)
+        self.used = np.zeros(0, bool)  # an endpoint has the row
+        self.codec = np.zeros(0, np.int64)  # index into CODECS
+        self.voice_pt = np.zeros(0, np.uint8)
+        self.detect = np.zeros(0, bool)  # look for DTMF tones in its audio
+        self.talking = np.zeros(0, bool)  # sent a packet at the last tick
+        self.sending = np.zeros(0, bool)  # has a peer to send to
+        self.seq = np.zeros(0, np.uint16)
+        self.ts = np.zeros(0, np.uint32)
+        self.ssrc = np.zeros(0, np.uint32)
+        self.packets = np.zeros((0, HEADER + FRAME), np.uint8)  # what each sends
         self.jitter = JitterBuffers(0)
         self.players = Players(0)
         self.tones = InbandDetector(0)
@@ -151,26 +160,8 @@ class MediaEngine:
         self.jitter.grow(capacity)
         self.players.grow(capacity)
         self.tones.grow(capacity)
-        if old:
-            self.codec = _extend(self.codec, extra)
-            self.voice_pt = _extend(self.voice_pt, extra)
-            self.detect = _extend(self.detect, extra)
-            self.talking = _extend(self.talking, extra)
-            self.sending = _extend(self.sending, extra)
-            self.seq = _extend(self.seq, extra)
-            self.ts = _extend(self.ts, extra)
-            self.ssrc = _extend(self.ssrc, extra)
-            self.packets = _extend(self.packets, extra)
-        else:
-            self.codec = np.zeros(capacity, np.int64)  # index into CODECS
-            self.voice_pt = np.zeros(capacity, np.uint8)
-            self.detect = np.zeros(capacity, bool)  # look for DTMF tones in its audio
-            self.talking = np.zeros(capacity, bool)  # sent a packet at the last tick
-            self.sending = np.zeros(capacity, bool)  # has a peer to send to
-            self.seq = np.zeros(capacity, np.uint16)
-            self.ts = np.zeros(capacity, np.uint32)
-            self.ssrc = np.zeros(capacity, np.uint32)
-            self.packets = np.zeros((capacity, HEADER + FRAME), np.uint8)  # what each sends
+        for name in _ROW_ARRAYS:
+            setattr(self, name, _extend(getattr(self, name), extra))
         self._views = [memoryview(self.packets[row]) for row in range(capacity)]
         self.frames = np.zeros((capacity, FRAME), np.int16)
         self._endpoints.extend([None] * extra)
@@ -201,7 +192,8 @@ class MediaEngine:
         self.packets[row, 8:12] = np.frombuffer(int(self.ssrc[row]).to_bytes(4, "big"), np.uint8)
         endpoint = EngineEndpoint(self, row)
         self._endpoints[row] = endpoint
-        self._refresh()
+        self.used[row] = True
+        self._rows = np.flatnonzero(self.used)
         self._start_clock()
         return endpoint
 
@@ -217,8 +209,9 @@ class MediaEngine:
         for recording in self.recordings:
             recording.leave(row)
         self.sending[row] = False
+        self.used[row] = False
         self._free.append(row)
-        self._refresh()
+        self._rows = np.flatnonzero(self.used)
         if not len(self._rows) and self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -236,11 +229,6 @@ class MediaEngine:
         self.codec[row] = CODECS.index(codec)
         self.voice_pt[row] = pt
         self.detect[row] = inband
-
-    def _refresh(self) -> None:
-        self._rows = np.array(
-            [r for r, e in enumerate(self._endpoints) if e is not None], dtype=np.int64
-        )
 
     @property
     def endpoints(self) -> int:
@@ -313,10 +301,7 @@ class MediaEngine:
         present[rows] = was & (self.jitter.misses[rows] <= 1)
         self._detect_tones(rows, frames)
         for recording in list(self.recordings):
-            sources = np.array(recording.rows, np.int64)
-            block = frames[np.maximum(sources, 0)]
-            block[sources < 0] = 0
-            recording.write(block)
+            recording.take(frames)
         out, heard = self.links.mix(frames, present, self.capacity)
         playing = self.players.rows
         if len(playing):

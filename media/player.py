@@ -63,7 +63,6 @@ class SampleBank:
 
 @dataclass(slots=True)
 class _Play:
-    spans: list[Span]
     loop: bool
     done: asyncio.Future[bool] | None  # True: played to the end; False: stopped
     fading_out: bool = False
@@ -115,7 +114,7 @@ class Players:
         if not spans:
             done.set_result(True)
             return done
-        self._plays[row] = _Play(spans, loop, done, queue=spans[1:])
+        self._plays[row] = _Play(loop, done, queue=spans[1:])
         self._begin(row, spans[0], loop)
         self.fade[row] = 1 if fade else 0
         self._refresh()

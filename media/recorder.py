@@ -52,7 +52,7 @@ class Recording:
             raise ValueError(f"a recording takes one or two sources, not {len(rows)}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.rows = list(rows)
+        self.rows = np.array(rows, np.int64)  # -1: a source that left (silence)
         self.mixed = mixed or len(rows) == 1
         self.writer = WavWriter(self.path, 1 if self.mixed else 2, RATE)
         self.paused = False
@@ -68,10 +68,16 @@ class Recording:
 
     def leave(self, row: int) -> None:
         """``row``'s endpoint is gone: its channel is silence from now on."""
-        self.rows = [-1 if r == row else r for r in self.rows]
+        self.rows[self.rows == row] = -1
+
+    def take(self, frames: np.ndarray) -> None:
+        """Write this tick's frames of the recorded rows, out of every row's ``frames``."""
+        block = frames[np.maximum(self.rows, 0)]
+        block[self.rows < 0] = 0
+        self.write(block)
 
     def write(self, frames: np.ndarray) -> None:
-        """This tick's frames of the rows (int16, one row per source; -1 sources are zeros)."""
+        """Frames of the sources (int16, one row per source)."""
         if self.done.done():
             return
         if self.paused:

@@ -344,7 +344,8 @@ class Leg:
         if self._reoffer is not None:  # §14.2: one offer at a time
             incoming.respond(request.response(491, None, incoming.to_tag))
             return
-        local, offered = media.session.local(media.side), list[Format]()
+        local = media.session.local(media.side)
+        offered: list[Format] = []
         if request.body:
             try:
                 body, agreed = endpoint_sdp.answer(request.body, local, media.codec, media.origin)
