@@ -131,26 +131,44 @@ def canonical_name(key: str) -> str:
 
 
 class Headers:
-    """Ordered header fields; each entry is (key, name as written, value)."""
+    """Ordered header fields; each entry is (key, name as written, value).
 
-    __slots__ = ("_fields", "_typed")
+    Lookups go through an index of the field lines by key, made at the first lookup and
+    dropped by every change (a message is read many more times than it is changed: parsing
+    alone asks for eight fields).
+    """
+
+    __slots__ = ("_fields", "_index", "_typed")
 
     def __init__(self, fields: list[tuple[str, str, str]] | None = None) -> None:
         self._fields: list[tuple[str, str, str]] = fields if fields is not None else []
+        self._index: dict[str, list[str]] | None = None
         self._typed: dict[str, Any] = {}
+
+    def _lines(self, key: str) -> list[str]:
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for k, _, value in self._fields:
+                lines = index.get(k)
+                if lines is None:
+                    index[k] = [value]
+                else:
+                    lines.append(value)
+        return index.get(key, _NO_LINES)
+
+    def _changed(self, key: str) -> None:
+        self._index = None
+        self._typed.pop(key, None)
 
     def get(self, name: str) -> str | None:
         """The first field value of ``name``, or None."""
-        key = header_key(name)
-        for k, _, value in self._fields:
-            if k == key:
-                return value
-        return None
+        lines = self._lines(header_key(name))
+        return lines[0] if lines else None
 
     def values(self, name: str) -> list[str]:
         """Every field line of ``name``, as written (comma lists not split)."""
-        key = header_key(name)
-        return [value for k, _, value in self._fields if k == key]
+        return list(self._lines(header_key(name)))
 
     def get_all(self, name: str) -> list[str]:
         """Every element of a list-valued field, across lines and commas (§7.3.1)."""
@@ -166,7 +184,7 @@ class Headers:
             self._fields.insert(0, entry)
         else:
             self._fields.append(entry)
-        self._typed.pop(key, None)
+        self._changed(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace all fields of ``name`` with one, where the first one stood."""
@@ -175,18 +193,17 @@ class Headers:
             if k == key:
                 self._fields[i] = (key, written, value)
                 self._fields[i + 1 :] = [f for f in self._fields[i + 1 :] if f[0] != key]
-                self._typed.pop(key, None)
+                self._changed(key)
                 return
         self.add(name, value)
 
     def remove(self, name: str) -> None:
         key = header_key(name)
         self._fields = [f for f in self._fields if f[0] != key]
-        self._typed.pop(key, None)
+        self._changed(key)
 
     def count(self, name: str) -> int:
-        key = header_key(name)
-        return sum(1 for k, _, _ in self._fields if k == key)
+        return len(self._lines(header_key(name)))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -202,11 +219,10 @@ class Headers:
 
     def typed(self, key: str, parse: Callable[[], _T]) -> _T:
         """Parse a typed view once and keep it until the field changes."""
-        try:
-            return self._typed[key]  # type: ignore[no-any-return]
-        except KeyError:
+        value = self._typed.get(key, _MISSING)
+        if value is _MISSING:  # (no try/except KeyError: the miss is the usual case at parse)
             value = self._typed[key] = parse()
-            return value
+        return value  # type: ignore[no-any-return]
 
 
 class Message:
@@ -311,37 +327,15 @@ class Message:
                 elements[0] = str(via)
                 fields[i] = (key, name, ", ".join(elements))
                 break
+        self.headers._changed("via")
         self.headers._typed["via"] = [via, *vias[1:]]
 
     def _check(self) -> None:
-        """Parse every field the switch relies on, so errors surface at parse time.
-
-        One pass over the fields finds them all, and the typed views' cache is filled here:
-        asking each view in turn scanned every field again (this runs for every message).
-        """
-        found: dict[str, list[str]] = {}
-        for key, _, value in self.headers._fields:
-            if key in _CHECKED:
-                lines = found.get(key)
-                if lines is None:
-                    found[key] = [value]
-                else:
-                    lines.append(value)
-        typed = self.headers._typed
-        vias = [parse_via(v) for line in found.get("via", ()) for v in split_list(line, "Via")]
-        if not vias:
+        """Parse every field the switch relies on, so errors surface at parse time."""
+        if not self.via:
             raise ParseError("missing Via header")
-        typed["via"] = vias
-        typed["from"] = parse_name_addr(_first(found, "from", "From"), "From")
-        typed["to"] = parse_name_addr(_first(found, "to", "To"), "To")
-        _first(found, "call-id", "Call-ID")
-        typed["cseq"] = parse_cseq(_first(found, "cseq", "CSeq"))
-        contacts = found.get("contact", ())
-        typed["contact"] = [parse_contact(v) for c in contacts for v in split_list(c, "Contact")]
-        if "max-forwards" in found:
-            parse_uint(found["max-forwards"][0], "Max-Forwards", 255)
-        if "expires" in found:
-            parse_uint(found["expires"][0], "Expires")
+        self.from_, self.to, self.call_id, self.cseq  # noqa: B018 - parse for errors
+        self.contacts, self.max_forwards, self.expires  # noqa: B018
 
     # -- serialization --------------------------------------------------------
 
@@ -360,15 +354,8 @@ class Message:
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
 
 
-# The fields ``Message._check`` parses at once, by lookup key.
-_CHECKED = frozenset(("via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "expires"))
-
-
-def _first(found: dict[str, list[str]], key: str, name: str) -> str:
-    lines = found.get(key)
-    if not lines:
-        raise ParseError(f"missing {name} header")
-    return lines[0]
+_NO_LINES: list[str] = []  # shared and never changed: what a missing field has
+_MISSING = object()
 
 
 class Request(Message):
@@ -397,12 +384,8 @@ class Request(Message):
         self, status: int, reason: str | None = None, to_tag: str | None = None
     ) -> Response:
         """A response to this request with the fields §8.2.6.2 copies."""
-        headers = Headers()
-        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-            key = header_key(name)
-            for k, written, value in self.headers._fields:
-                if k == key:
-                    headers._fields.append((k, written, value))
+        copied = [header_key(name) for name in ("Via", "From", "To", "Call-ID", "CSeq")]
+        headers = Headers([f for key in copied for f in self.headers._fields if f[0] == key])
         if to_tag is not None and self.to.tag is None and status > 100:
             to = self.to
             headers.set("To", str(to.with_params((*to.params, ("tag", to_tag)))))
