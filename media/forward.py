@@ -400,7 +400,8 @@ class RtpPort(Port):
 
 
 class Poller:
-    """Watches every media socket of a relay through one epoll set of its own.
+    """Watches many media sockets (a relay's, or the media engine's endpoints') through one
+    epoll set of its own.
 
     The set's descriptor is itself watched by the event loop, so a loop wake-up costs one
     Python callback and one `epoll_wait` for all ready media sockets together, instead of a
