@@ -12,6 +12,9 @@ Servers (--servers):
                       (407, digest) and the media relay rewrites SDP and holds two RTP/RTCP
                       port pairs per call; a call record in SQLite per call
   softswitch-norelay  the same with `media.relay: false` (SDP end to end, as sippy does)
+  softswitch-workers  the same as softswitch with the relay in one media worker process
+                      (`media.workers: 1`) on the same core; the CPU counted is both
+                      processes': what the control protocol costs a call
   sippy               sippy's B2BUA (PyPI `sippy`, `python -m sippy.b2bua`) with
                       --auth_enable=off --acct_enable=off --static_route=<the UAS>
 
@@ -85,6 +88,7 @@ CALLEE = "200000"
 SERVERS = {
     "softswitch": "softswitch, media relay on (production)",
     "softswitch-norelay": "softswitch, media.relay: false",
+    "softswitch-workers": "softswitch, media in 1 media worker (same core)",
     "sippy": "sippy B2BUA (PyPI sippy)",
 }
 # Requests the UAC sends per call: what the retransmission limit is a fraction of.
@@ -154,7 +158,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile",
         metavar="FILE",
         help="after the search, profile softswitch (py-spy) for one more step at its best "
-        "rate; collapsed stacks go to FILE (FILE.norelay for softswitch-norelay)",
+        "rate; collapsed stacks go to FILE (FILE.norelay, FILE.workers for the others)",
     )
     parser.add_argument("--no-gc-probe", dest="gc_probe", action="store_false")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
@@ -281,16 +285,23 @@ def bench_server(
             key=key,
             title=SERVERS[key],
             users=[*args.user_list, CALLEE],
-            overrides=softswitch_overrides(args, relay=key == "softswitch"),
+            overrides=softswitch_overrides(
+                args, relay=key != "softswitch-norelay", workers=key == "softswitch-workers"
+            ),
             cpus=server_cpus,
         )
         server.notes.append(
             "every INVITE challenged (407, MD5 digest) and routed to the callee's registered "
             "contact; call limits off; a call record (SQLite) per call"
             + (
-                "; media relay: 2 RTP/RTCP port pairs per call, SDP rewritten both ways"
-                if key == "softswitch"
-                else "; media.relay false: SDP end to end"
+                "; media.relay false: SDP end to end"
+                if key == "softswitch-norelay"
+                else "; media relay: 2 RTP/RTCP port pairs per call, SDP rewritten both ways"
+            )
+            + (
+                "; the relay in a media worker process (CPU counted with the switch's)"
+                if key == "softswitch-workers"
+                else ""
             )
         )
         uac = UAC_AUTH
@@ -338,7 +349,7 @@ def bench_server(
         best = result.best.target if result.best else args.start_rate
         profile_args = argparse.Namespace(**vars(args))
         if key != "softswitch":
-            profile_args.profile = f"{args.profile}.norelay"
+            profile_args.profile = f"{args.profile}.{key.removeprefix('softswitch-')}"
         result.profile = profile_step(server, sipp, best, profile_args, unit="calls/s")
     if not server.alive():
         out(f"   server exited (rc {server.proc.returncode}); {server.log}:")
@@ -347,12 +358,17 @@ def bench_server(
     return result
 
 
-def softswitch_overrides(args: argparse.Namespace, *, relay: bool) -> dict[str, object]:
+def softswitch_overrides(
+    args: argparse.Namespace, *, relay: bool, workers: bool = False
+) -> dict[str, object]:
     low, high = args.media_range
+    media: dict[str, object] = {"relay": relay, "address": HOST, "port_min": low, "port_max": high}
+    if workers:
+        media["workers"] = 1
     return {
         # one callee takes every call: no per-user or per-tenant limit
         "calls": {"max_per_user": 0, "max_per_tenant": 0},
-        "media": {"relay": relay, "address": HOST, "port_min": low, "port_max": high},
+        "media": media,
     }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import media_relay_load as load
 from media_relay_load import Point
-from media_relay_targets import Echo, Floor, Rtpengine, Softswitch, Target
+from media_relay_targets import Echo, Floor, Rtpengine, Softswitch, SoftswitchWorkers, Target
 
 LATENCY_CALLS = 500  # the latency target is stated at 500 calls
 LOSS_LIMIT = 0.001
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument(
         "--relays",
         default="softswitch,rtpengine,floor",
-        help="relays to measure, in order (softswitch, rtpengine, floor)",
+        help="relays to measure, in order (softswitch, softswitch-workers, rtpengine, floor)",
     )
     parser.add_argument("--duration", type=float, help="seconds of the figures (default 20)")
     parser.add_argument("--step", type=float, help="seconds per search step (default 4)")
@@ -220,6 +220,8 @@ def main() -> None:
     for name in args.relays.split(","):
         if name == "softswitch":
             target: Target = Softswitch(relay_core, args.verbose)
+        elif name == "softswitch-workers":
+            target = SoftswitchWorkers(relay_core, args.verbose)
         elif name == "floor":
             target = Floor(relay_core, args.verbose)
         elif name == "rtpengine":
@@ -228,7 +230,9 @@ def main() -> None:
                 continue
             target = Rtpengine(relay_core, args.verbose)
         else:
-            raise SystemExit(f"unknown relay {name!r} (softswitch, rtpengine, floor)")
+            raise SystemExit(
+                f"unknown relay {name!r} (softswitch, softswitch-workers, rtpengine, floor)"
+            )
         results.append(bench.relay(target, direct500))
 
     print("\nsummary")

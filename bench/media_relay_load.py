@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from media_relay_mmsg import PACKET, PACKET_SIZE, Receiver, Sender, udp_socket
-from media_relay_targets import Target, cpu_ticks
+from media_relay_targets import Target
 
 TICK = 0.020  # one G.711 packet per 20 ms per direction
 SLICES = 40  # sends per tick: every 0.5 ms, a fortieth of the calls
@@ -161,7 +161,7 @@ def _load(
     i = 0
     for tick in range(warm + ticks):
         if tick == warm:
-            relay_cpu0, gen0, busy0 = cpu_ticks(target.pid), os.times(), _machine_busy()
+            relay_cpu0, gen0, busy0 = target.cpu_ticks(), os.times(), _machine_busy()
             window_start = time.time_ns()
             failed0 = sum(s.failed for s in senders)
             if during is not None:
@@ -189,7 +189,7 @@ def _load(
                 tx[leg][lo:hi] = stamp
                 senders[leg].send(lo, hi)
     elapsed = clock() - measured_from
-    relay_cpu1, gen1, busy1 = cpu_ticks(target.pid), os.times(), _machine_busy()
+    relay_cpu1, gen1, busy1 = target.cpu_ticks(), os.times(), _machine_busy()
     quiet_until = clock() + 0.3  # what is still in flight arrives or is lost
     while clock() < quiet_until:
         drain()

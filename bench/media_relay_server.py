@@ -139,7 +139,8 @@ def run_floor(args: argparse.Namespace) -> None:
 async def run_relay(args: argparse.Namespace) -> None:
     import structlog
 
-    from media import Relay, RelayConfig, Side
+    from media import Relay, RelayConfig, RelayLike, Side
+    from media.workers import RelayPool
 
     # Warnings only, and never on stdout: that is the control channel.
     structlog.configure(
@@ -147,7 +148,14 @@ async def run_relay(args: argparse.Namespace) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
     loop = asyncio.get_running_loop()
-    relay = Relay(RelayConfig(address="127.0.0.1", port_min=args.port_min, port_max=args.port_max))
+    config = RelayConfig(address="127.0.0.1", port_min=args.port_min, port_max=args.port_max)
+    relay: RelayLike
+    if args.workers:
+        pool = RelayPool(config, args.workers)
+        await pool.started()
+        relay = pool
+    else:
+        relay = Relay(config)
 
     def on_request(request: dict[str, Any]) -> None:
         if request["op"] == "calls":
@@ -159,6 +167,10 @@ async def run_relay(args: argparse.Namespace) -> None:
                 ports.append([session.local(Side.A).rtp_port, session.local(Side.B).rtp_port])
             _reply({"ports": ports})
         elif request["op"] == "totals":
+            if isinstance(relay, RelayPool):
+                await_totals = asyncio.ensure_future(relay.settle())
+                await_totals.add_done_callback(lambda _: _reply(dataclasses.asdict(relay.totals())))
+                return
             _reply(dataclasses.asdict(relay.totals()))
 
     if os.environ.get("NOGC"):
@@ -169,6 +181,8 @@ async def run_relay(args: argparse.Namespace) -> None:
     _reply({"ready": True, "loop": type(loop).__module__})
     await done
     relay.close()
+    if isinstance(relay, RelayPool):
+        await relay.wait_closed()
 
 
 def read_requests(
@@ -199,6 +213,7 @@ def main() -> None:
     parser.add_argument("mode", choices=["relay", "echo", "floor"])
     parser.add_argument("--port-min", type=int, default=20000)
     parser.add_argument("--port-max", type=int, default=59999)
+    parser.add_argument("--workers", type=int, default=0, help="relay in N media workers")
     args = parser.parse_args()
     _raise_fd_limit()
     if args.mode == "echo":

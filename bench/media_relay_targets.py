@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from procstat import CLK_TCK, cpu_seconds, process_tree
+
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "media_relay_server.py"
 # Below Linux's ephemeral ports (32768-60999), where the generator's own sockets live:
@@ -37,6 +39,11 @@ def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def tree_cpu_ticks(pid: int) -> int:
+    """`cpu_ticks` of a process and every process it started (media workers)."""
+    return round(cpu_seconds(process_tree(pid)) * CLK_TCK)
 
 
 class Target:
@@ -82,6 +89,10 @@ class Target:
     def counters(self) -> str:
         return ""
 
+    def cpu_ticks(self) -> int:
+        """CPU of the relay so far (the process, or all of its processes), in clock ticks."""
+        return cpu_ticks(self.pid)
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
@@ -118,6 +129,9 @@ class Softswitch(_JsonLines):
     label = "softswitch media.Relay"
 
     def start(self) -> None:
+        self._start()
+
+    def _start(self, *options: str) -> None:
         proc = self._spawn(
             [
                 sys.executable,
@@ -125,6 +139,7 @@ class Softswitch(_JsonLines):
                 "relay",
                 f"--port-min={PORT_MIN}",
                 f"--port-max={PORT_MAX}",
+                *options,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -145,6 +160,25 @@ class Softswitch(_JsonLines):
             f"relay counters: in {t['rtp_packets_in']} out {t['rtp_packets_out']} "
             f"lost {t['lost']} foreign {t['foreign_packets']} dropped {t['dropped_packets']}"
         )
+
+
+class SoftswitchWorkers(Softswitch):
+    """`media.workers.RelayPool`: the switch-side process hands every session to worker
+    processes (all pinned to the relay's core, as the one-process relay is)."""
+
+    name = "softswitch-workers"
+    label = "softswitch media.workers"
+
+    def __init__(self, core: int | None, verbose: bool, workers: int = 1) -> None:
+        super().__init__(core, verbose)
+        self.workers = workers
+        self.label = f"softswitch media.workers x{workers}"
+
+    def start(self) -> None:
+        self._start(f"--workers={self.workers}")
+
+    def cpu_ticks(self) -> int:
+        return tree_cpu_ticks(self.pid)
 
 
 class Floor(Softswitch):

@@ -10,10 +10,19 @@ import os
 for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas, "1")
 
+from media.api import RelayLike, RelaySessionLike
 from media.config import RelayConfig
 from media.ports import PortAllocator, PortsExhausted
 from media.relay import Relay, RelaySession
-from media.stats import LegStats, LocalMedia, MediaTimeout, RelayTotals, SessionStats, Side
+from media.stats import (
+    LegStats,
+    LocalMedia,
+    MediaTimeout,
+    RelayTotals,
+    SessionStats,
+    Side,
+    StatsCell,
+)
 
 __all__ = [
     "LegStats",
@@ -23,8 +32,11 @@ __all__ = [
     "PortsExhausted",
     "Relay",
     "RelayConfig",
+    "RelayLike",
     "RelaySession",
+    "RelaySessionLike",
     "RelayTotals",
     "SessionStats",
     "Side",
+    "StatsCell",
 ]

@@ -83,5 +83,11 @@ class RelayConfig:
         return max(0, (self.port_max - self.first_pair + 1) // 2)
 
     @property
+    def local_host(self) -> str:
+        """The address this host's own media peers (media engine endpoints) use to reach the
+        relay, and bind on."""
+        return "127.0.0.1" if ip_address(self.address).is_unspecified else self.address
+
+    @property
     def sdp_address(self) -> str:
         return self.advertise or self.address

@@ -57,10 +57,12 @@ EVENTS_IDLE = 0.3  # s without RFC 4733 packets after which a press is taken as 
 class EngineEndpoint:
     """One endpoint of a ``MediaEngine`` (see the module docstring)."""
 
-    def __init__(self, engine: MediaEngine, row: int) -> None:
+    def __init__(self, engine: MediaEngine, row: int, sock: socket.socket | None = None) -> None:
         self.engine = engine
         self.row = row
-        self._sock: socket.socket | None = bind_udp(engine.host, 0)
+        if sock is not None:
+            sock.setblocking(False)
+        self._sock: socket.socket | None = sock if sock is not None else bind_udp(engine.host, 0)
         self._address: Addr = self._sock.getsockname()[:2]
         self.peer: Addr | None = None
         self.voice_pt = 0

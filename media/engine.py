@@ -34,8 +34,9 @@ a packet is sent or not (silence is not sent: RFC 3551 §4.1 lets a sender stop,
 marker bit starts the next talkspurt). RFC 4733 events go out between voice packets, all
 packets of one event with the timestamp of its start.
 
-Not done here: media worker processes (the engine runs in the switch's process), codecs other
-than G.711, ptime other than 20 ms, RTCP from the endpoint (the relay forwards the phone's).
+One engine serves one process: the switch's, or each media worker's (``media.workers``; the
+switch then drives it through ``media.remote``). Not done here: codecs other than G.711, ptime
+other than 20 ms, RTCP from the endpoint (the relay forwards the phone's).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from media.jitter import FRAME, HEADER, JitterBuffers
 from media.mixer import Conference, Links
 from media.player import Players, SampleBank, Span
 from media.prompts import Prompts
-from media.recorder import Recording
+from media.recorder import Recording, target_path
 
 if TYPE_CHECKING:
     from media.endpoint import EngineEndpoint
@@ -171,8 +172,10 @@ class MediaEngine:
 
     # -- endpoints -----------------------------------------------------------------------
 
-    def endpoint(self) -> EngineEndpoint:
-        """A new endpoint with its own socket on ``host``; it starts the clock."""
+    def endpoint(self, sock: socket.socket | None = None, *, near: object = None) -> EngineEndpoint:
+        """A new endpoint with its own socket on ``host`` (or ``sock``, bound elsewhere: a
+        media worker's endpoints are bound by the switch); it starts the clock. ``near`` is
+        for `media.remote.RemoteEngine`'s sake: one engine has every endpoint."""
         from media.endpoint import EngineEndpoint
 
         if not self._free:
@@ -190,7 +193,7 @@ class MediaEngine:
         self.ssrc[row] = int.from_bytes(os.urandom(4), "big")
         self.packets[row, 0] = 0x80
         self.packets[row, 8:12] = np.frombuffer(int(self.ssrc[row]).to_bytes(4, "big"), np.uint8)
-        endpoint = EngineEndpoint(self, row)
+        endpoint = EngineEndpoint(self, row, sock)
         self._endpoints[row] = endpoint
         self.used[row] = True
         self._rows = np.flatnonzero(self.used)
@@ -254,12 +257,13 @@ class MediaEngine:
     def conference(self) -> Conference:
         return Conference(self.links)
 
+    def near(self, row: int, mix: Conference) -> bool:
+        """Every endpoint can join every mix of one engine (`RemoteEngine.near` differs)."""
+        return True
+
     def record(self, path: str | Path, rows: list[int], **options: object) -> Recording:
         """Start recording ``rows`` to ``path`` (relative paths: under ``recordings``)."""
-        target = Path(path)
-        if not target.is_absolute():
-            target = self.recordings_dir / target
-        recording = Recording(target, rows, **options)  # type: ignore[arg-type]
+        recording = Recording(target_path(self.recordings_dir, path), rows, **options)  # type: ignore[arg-type]
         self.recordings.append(recording)
         recording.done.add_done_callback(lambda _: self.recordings.remove(recording))
         return recording

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from media.engine import MediaEngine
-from media.relay import JITTER_BOUNDS_MS, Relay
+from media.api import EngineLike, RelayLike
+from media.relay import JITTER_BOUNDS_MS
+from media.workers import RelayPool
 
 
 class RelayCollector(Collector):
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: RelayLike) -> None:
         self.relay = relay
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
@@ -76,6 +77,15 @@ class RelayCollector(Collector):
         ports.add_metric(["free"], t.pairs_free)
         ports.add_metric(["quarantine"], t.pairs_resting)
         yield ports
+        if isinstance(self.relay, RelayPool):
+            alive = sum(1 for w in self.relay.workers if w.alive)
+            yield GaugeMetricFamily("softswitch_media_workers", "Media worker processes running",
+                                    alive)  # fmt: skip
+            yield CounterMetricFamily(
+                "softswitch_media_worker_restarts",
+                "Media workers that died and were started again (their calls went on)",
+                value=self.relay.restarts,
+            )
         cumulative = 0
         buckets = []
         for bound, count in zip((*JITTER_BOUNDS_MS, float("inf")), t.jitter_buckets, strict=True):
@@ -92,7 +102,7 @@ class RelayCollector(Collector):
 class EngineCollector(Collector):
     """The media engine: endpoints, its clock's health, packets and digits."""
 
-    def __init__(self, engine: MediaEngine) -> None:
+    def __init__(self, engine: EngineLike) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

@@ -36,6 +36,12 @@ RATE: Final = 8000
 SILENCE_LEVEL: Final = 300  # RMS of a 16-bit frame below which a frame counts as silence
 
 
+def target_path(recordings: Path, path: str | Path) -> Path:
+    """Where a recording of ``path`` goes: relative paths under the ``recordings`` folder."""
+    target = Path(path)
+    return target if target.is_absolute() else recordings / target
+
+
 class Recording:
     """One file being written from one or two rows (see the module docstring)."""
 

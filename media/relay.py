@@ -24,8 +24,10 @@ two phones talk on through the ports they already send to, with no re-INVITE; th
 left over are released. A blind transfer needs nothing new: `set_remote` on the transferor's
 leg points it at the target's phone, and latching follows.
 
-It does not parse SDP, transcode, or run workers; the B2BUA passes addresses in and takes
-ports and counters out. IPv4 only for now.
+It does not parse SDP or transcode; the B2BUA passes addresses in and takes ports and
+counters out. In a media worker process (`media.workers`) the switch binds the ports and the
+relay `adopt`s the sockets; a leg moves between two workers' relays by `detach` and
+`adopt_join`. IPv4 only for now.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import errno
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from ipaddress import ip_address
 from typing import Final, TypeVar
 
@@ -53,9 +55,10 @@ from media.stats import (
     RelayTotals,
     SessionStats,
     Side,
+    StatsCell,
 )
 
-__all__ = ["PortsExhausted", "Relay", "RelaySession"]
+__all__ = ["PortsExhausted", "Relay", "RelaySession", "bind_pair"]
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
@@ -67,12 +70,41 @@ _P = TypeVar("_P", bound=Port)
 TimeoutHandler = Callable[[MediaTimeout], object]
 
 
+def bind_pair(
+    config: RelayConfig, ports: PortAllocator
+) -> tuple[int, socket.socket, socket.socket]:
+    """Take a pair from `ports` and bind its RTP socket (SO_REUSEPORT, for the connected
+    fast-path socket beside it: `media.forward`) and its RTCP socket: (RTP port, RTP, RTCP).
+
+    A port another program holds is skipped (and rests in quarantine like any other).
+    """
+    for _ in range(64):
+        port = ports.take(time.monotonic())
+        try:
+            rtp_sock = bind_udp(config.address, port, reuse=True)
+        except OSError as e:
+            ports.release(port, time.monotonic())
+            if e.errno != errno.EADDRINUSE:
+                raise
+            continue
+        try:
+            rtcp_sock = bind_udp(config.address, port + 1)
+        except OSError as e:
+            rtp_sock.close()
+            ports.release(port, time.monotonic())
+            if e.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return port, rtp_sock, rtcp_sock
+    raise PortsExhausted("64 media port pairs in a row were taken by other programs")
+
+
 def _fmt(addr: Addr | None) -> str | None:
     return None if addr is None else f"{addr[0]}:{addr[1]}"
 
 
 class _Leg:
-    __slots__ = ("local", "on_hold", "remote", "rtcp", "rtp", "side", "since")
+    __slots__ = ("adopted", "local", "on_hold", "remote", "rtcp", "rtp", "side", "since")
 
     def __init__(self, side: Side, local: LocalMedia, rtp: RtpPort, rtcp: Port) -> None:
         self.side = side
@@ -82,6 +114,7 @@ class _Leg:
         self.remote: Addr | None = None
         self.on_hold = False
         self.since: float | None = None  # last offer/answer or hold change; None: no SDP yet
+        self.adopted = False  # its sockets were bound elsewhere: no port of our pool
 
 
 class RelaySession:
@@ -172,12 +205,27 @@ class RelaySession:
             raise ValueError("a session cannot be joined with itself")
         return self._relay._join(self, side, other, other_side)
 
+    def detach(self, side: Side) -> SessionStats:
+        """Close the session, the leg `side` included but not released: its phone goes on in
+        another relay (`Relay.adopt_join`), and the ports stay with whoever bound them."""
+        self._check_open()
+        self._moved.add(side)
+        final = self.close()
+        leg = self._legs[side]
+        leg.rtp.close()
+        leg.rtcp.close()
+        return final
+
     def stats(self) -> SessionStats:
         if self._final is not None:
             return self._final
         return SessionStats(
             call_id=self.call_id, a=self._leg_stats(Side.A), b=self._leg_stats(Side.B)
         )
+
+    def snapshot(self) -> StatsCell:
+        """The counters now, kept (a leg that ends, a transfer: what the call record splits)."""
+        return StatsCell(self.stats())
 
     def close(self) -> SessionStats:
         """Stop relaying, release the ports, and return the final counters (call record)."""
@@ -275,6 +323,7 @@ class Relay:
             self._poller = Poller()
             self._loop.add_reader(self._poller.fileno(), self._poller.ready)
         self._sessions: set[RelaySession] = set()
+        self._adopted: set[int] = set()  # RTP ports of legs whose sockets we were given
         self._sessions_total = 0
         self._allocation_failures = 0
         self._timeouts = 0
@@ -289,7 +338,7 @@ class Relay:
     @property
     def local_host(self) -> str:
         """The address this host's own media peers (the media engine) use to reach the relay."""
-        return self._host or "127.0.0.1"
+        return self.config.local_host
 
     @property
     def sessions(self) -> frozenset[RelaySession]:
@@ -312,18 +361,58 @@ class Relay:
             for leg in legs.values():
                 self._release(leg)
             raise
-        a, b = legs[Side.A], legs[Side.B]
-        a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
-        a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
-        session = RelaySession(self, call_id, legs, on_timeout or self._on_timeout)
-        self._sessions.add(session)
-        self._sessions_total += 1
+        session = self._session(call_id, legs, on_timeout)
         _log.debug(
             "media allocated",
             call_id=call_id,
             a=legs[Side.A].local.rtp_port,
             b=legs[Side.B].local.rtp_port,
         )
+        return session
+
+    def adopt(
+        self,
+        call_id: str,
+        sockets: Mapping[Side, tuple[socket.socket, socket.socket, LocalMedia]],
+        *,
+        on_timeout: TimeoutHandler | None = None,
+    ) -> RelaySession:
+        """A session on sockets bound elsewhere: (RTP, RTCP, what the SDP names) per side.
+
+        A media worker relays this way: the switch binds the ports (so it knows them at once
+        and keeps them if the worker dies) and hands the worker its descriptors. Closing the
+        session closes the sockets given; the ports are the binder's to release.
+        """
+        if self._timer is None:
+            raise RuntimeError("the relay is closed")
+        legs = {
+            side: self._make_leg(call_id, side, rtp, rtcp, local, adopted=True)
+            for side, (rtp, rtcp, local) in sockets.items()
+        }
+        return self._session(call_id, legs, on_timeout)
+
+    def adopt_join(
+        self,
+        keep: RelaySession,
+        side: Side,
+        sockets: tuple[socket.socket, socket.socket, LocalMedia],
+    ) -> RelaySession:
+        """`RelaySession.join` with a leg that another relay gave up (`RelaySession.detach`):
+        a new session of `keep`'s leg `side` and a leg on `sockets`."""
+        keep._check_open()
+        rtp, rtcp, local = sockets
+        taken = self._make_leg(keep.call_id, side.other, rtp, rtcp, local, adopted=True)
+        return self._joined(keep, side, taken)
+
+    def _session(
+        self, call_id: str, legs: dict[Side, _Leg], on_timeout: TimeoutHandler | None
+    ) -> RelaySession:
+        a, b = legs[Side.A], legs[Side.B]
+        a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
+        a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
+        session = RelaySession(self, call_id, legs, on_timeout or self._on_timeout)
+        self._sessions.add(session)
+        self._sessions_total += 1
         return session
 
     def totals(self) -> RelayTotals:
@@ -357,11 +446,17 @@ class Relay:
     def _join(
         self, keep: RelaySession, side: Side, take: RelaySession, take_side: Side
     ) -> RelaySession:
-        kept, taken = keep._legs[side], take._legs[take_side]
-        keep._moved.add(side)
+        taken = take._legs[take_side]
         take._moved.add(take_side)
-        keep.close()
         take.close()
+        return self._joined(keep, side, taken)
+
+    def _joined(self, keep: RelaySession, side: Side, taken: _Leg) -> RelaySession:
+        """A new session of `keep`'s leg `side` and `taken` (a leg of a closed session)."""
+        kept = keep._legs[side]
+        keep._moved.add(side)
+        keep.close()
+        joined = taken.rtp.call_id
         taken.side = side.other
         for port in (taken.rtp, taken.rtcp):
             port.side, port.call_id = side.other, keep.call_id
@@ -378,7 +473,7 @@ class Relay:
         legs = {side: kept, side.other: taken}
         session = RelaySession(self, keep.call_id, legs, keep._on_timeout)
         self._sessions.add(session)
-        _log.info("media joined", call_id=keep.call_id, joined=take.call_id,
+        _log.info("media joined", call_id=keep.call_id, joined=joined,
                   kept=kept.local.rtp_port, taken=taken.local.rtp_port)  # fmt: skip
         return session
 
@@ -395,28 +490,15 @@ class Relay:
             self._poller = None
 
     def _leg(self, call_id: str, side: Side) -> _Leg:
+        port, rtp_sock, rtcp_sock = bind_pair(self.config, self.ports)
+        local = LocalMedia(self.config.sdp_address, port, port + 1)
+        return self._make_leg(call_id, side, rtp_sock, rtcp_sock, local)
+
+    def _make_leg(
+        self, call_id: str, side: Side, rtp_sock: socket.socket, rtcp_sock: socket.socket,
+        local: LocalMedia, *, adopted: bool = False,
+    ) -> _Leg:  # fmt: skip
         config = self.config
-        # A port another program holds is skipped (and rests in quarantine like any other).
-        for _ in range(64):
-            port = self.ports.take(time.monotonic())
-            try:
-                rtp_sock = bind_udp(config.address, port, reuse=True)
-            except OSError as e:
-                self.ports.release(port, time.monotonic())
-                if e.errno != errno.EADDRINUSE:
-                    raise
-                continue
-            try:
-                rtcp_sock = bind_udp(config.address, port + 1)
-            except OSError as e:
-                rtp_sock.close()
-                self.ports.release(port, time.monotonic())
-                if e.errno != errno.EADDRINUSE:
-                    raise
-                continue
-            break
-        else:
-            raise PortsExhausted("64 media port pairs in a row were taken by other programs")
 
         def make(kind: type[_P], sock: socket.socket) -> _P:
             latch = Latch(
@@ -427,9 +509,13 @@ class Relay:
             return kind(sock, latch=latch, buf=self._buf, own=self._own, watch=self._watch,
                         call_id=call_id, side=side)  # fmt: skip
 
-        rtp = make(RtpPort, rtp_sock)
-        rtcp = make(Port, rtcp_sock)
-        return _Leg(side, LocalMedia(config.sdp_address, port, port + 1), rtp, rtcp)
+        if adopted:
+            rtp_sock.setblocking(False)
+            rtcp_sock.setblocking(False)
+            self._adopted.add(local.rtp_port)
+        leg = _Leg(side, local, make(RtpPort, rtp_sock), make(Port, rtcp_sock))
+        leg.adopted = adopted
+        return leg
 
     def _watch(self, sock: socket.socket, reader: Callable[[], None] | None) -> None:
         if self._poller is not None:
@@ -441,12 +527,18 @@ class Relay:
 
     def _own(self, addr: Addr) -> bool:
         host = self._host
-        return (host is None or addr[0] == host) and self.ports.bound(addr[1])
+        port = addr[1]
+        return (host is None or addr[0] == host) and (
+            self.ports.bound(port) or port & ~1 in self._adopted
+        )
 
     def _release(self, leg: _Leg) -> None:
         leg.rtp.close()
         leg.rtcp.close()
-        self.ports.release(leg.local.rtp_port, time.monotonic())
+        if leg.adopted:
+            self._adopted.discard(leg.local.rtp_port)
+        else:
+            self.ports.release(leg.local.rtp_port, time.monotonic())
 
     def _closed(self, session: RelaySession, final: SessionStats) -> None:
         self._sessions.discard(session)

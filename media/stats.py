@@ -111,3 +111,17 @@ class RelayTotals:
     # bounds) for a Prometheus histogram; the last bucket is +Inf.
     jitter_buckets: tuple[int, ...]
     jitter_sum_ms: float
+
+
+class StatsCell:
+    """A session's counters as they were at one moment (`snapshot()`): exact at once from an
+    in-process relay; from a media worker, the latest reported figures until the worker's own
+    for that moment arrive (`media.workers.RelayPool.settle`)."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self, stats: SessionStats) -> None:
+        self.stats = stats
+
+    def leg(self, side: Side) -> LegStats:
+        return self.stats.a if side is Side.A else self.stats.b

@@ -43,7 +43,7 @@ import asyncio
 import enum
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -234,6 +234,10 @@ class CallRecorder:
         self._open: dict[Call | HandledCall, _Open] = {}
         self._writes = GroupCommit(store)
         self._last_beat = 0.0
+        # Media in worker processes (media.workers): their final counters are on the way when
+        # a call ends; this waits for them before the record is built.
+        self.settle: Callable[[str], Awaitable[None]] | None = None
+        self._settling: set[asyncio.Future[None]] = set()
         for value in Disposition:  # every series exists from the start, at 0
             self.metrics.calls_total.labels(value.value)
 
@@ -283,7 +287,12 @@ class CallRecorder:
             del self._open[call]
             ended_at = self.clock()
             # The call closes its media right after this event: read the counters after that.
-            asyncio.get_running_loop().call_soon(self._finish, call, entry, event, ended_at)
+            if self.settle is None:
+                asyncio.get_running_loop().call_soon(self._finish, call, entry, event, ended_at)
+            else:
+                settled = asyncio.ensure_future(self._settled(call, entry, event, ended_at))
+                self._settling.add(settled)
+                settled.add_done_callback(self._settling.discard)
 
     async def heartbeat(self) -> None:
         """Move the end of the active calls' rows to now, at most every HEARTBEAT_SECONDS."""
@@ -303,7 +312,21 @@ class CallRecorder:
     async def close(self) -> None:
         """Wait for every write in flight. Calls still up stay 'active' for `recover()`."""
         await asyncio.sleep(0)  # final writes scheduled by the last events
+        if self._settling:
+            await asyncio.wait(self._settling)
         await self._writes.flush()
+
+    async def _settled(
+        self,
+        call: Call | HandledCall,
+        entry: _Open,
+        event: CCEventFail | CCEventDisconnect,
+        ended_at: float,
+    ) -> None:
+        await asyncio.sleep(0)  # the call closes its media after this event
+        assert self.settle is not None
+        await self.settle(call.id)
+        self._finish(call, entry, event, ended_at)
 
     def _finish(
         self,

@@ -99,6 +99,16 @@ def _reload(pid_file: Path) -> int:
     return 0
 
 
+def _media_worker(args: argparse.Namespace) -> int:
+    """A media worker process (started by the daemon, with its log settings)."""
+    from media.worker import main as worker_main
+    from switch.logs import configure
+
+    configure(args.log_level, args.log_format)
+    worker_main(args.fd, args.relay_config, args.name)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="softswitch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         "migrate", help="bring the store's schema up to date (the daemon does it at start too)"
     )
     migrate.add_argument("-c", "--config", type=Path, default=Path("config/softswitch.yaml"))
+    worker = sub.add_parser("media-worker", help=argparse.SUPPRESS)
+    worker.add_argument("fd", type=int)
+    worker.add_argument("relay_config")
+    worker.add_argument("name")
+    worker.add_argument("--log-level", default="info")
+    worker.add_argument("--log-format", default="auto")
     args = parser.parse_args(argv)
+    if args.command == "media-worker":
+        return _media_worker(args)
     if args.command == "check":
         return _check(args.config)
     if args.command == "migrate":

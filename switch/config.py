@@ -164,6 +164,9 @@ class Media(_Section):
     language: Literal["en", "ru"] = "en"
     prompts: Path | None = None
     recordings: Path = Path("recordings")  # where recorded calls go (relative: to the cwd)
+    # Processes that carry the media (media.workers: relay and engine), so media uses more
+    # than the switch's core; 0: media in the switch's own process.
+    workers: int = Field(default=0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _relay_accepts(self) -> Self:

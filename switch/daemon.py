@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from media import MediaTimeout, Relay
+from media import MediaTimeout, Relay, RelayLike
+from media.api import EngineLike
 from media.engine import MediaEngine
 from media.metrics import EngineCollector, RelayCollector
 from media.prompts import Prompts
+from media.worker_engine import EngineSettings
+from media.workers import RelayPool
 from switch.b2bua.service import B2bua
 from switch.ban import BanList
 from switch.cdr import CallRecorder
@@ -55,8 +59,8 @@ class Daemon:
         self.endpoint: SipEndpoint | None = None
         self.registrar: Registrar | None = None
         self.b2bua: B2bua | None = None
-        self.relay: Relay | None = None
-        self.engine: MediaEngine | None = None
+        self.relay: RelayLike | None = None
+        self.engine: EngineLike | None = None
         self.http: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -83,15 +87,9 @@ class Daemon:
         self.b2bua = B2bua(config, self.endpoint, self.location, self.registrar, self.metrics)
         self.b2bua.recorder = self.records
         if config.media.relay:
-            self.relay = Relay(config.media.relay_config(), on_timeout=self._on_media_timeout)
+            self.relay, self.engine = await self._start_media()
             self.b2bua.media = self.b2bua.relay_media(self.relay)
             self.b2bua.relay = self.relay
-            self.engine = MediaEngine(
-                self.relay.local_host,
-                prompts=Prompts(config.media.prompts) if config.media.prompts else None,
-                language=config.media.language,
-                recordings=config.media.recordings,
-            )
             self.b2bua.engine = self.engine
             self.metrics.registry.register(EngineCollector(self.engine))
             # RTP counters are read from the relay at scrape time, live calls included.
@@ -117,6 +115,45 @@ class Daemon:
         gc.collect()
         gc.freeze()
         log.info("started", config=str(self.config_path), bindings=loaded)
+
+    async def _start_media(self) -> tuple[RelayLike, EngineLike]:
+        """The relay and the media engine: in this process, or in media workers."""
+        media = self.config.media
+        if not media.workers:
+            relay = Relay(media.relay_config(), on_timeout=self._on_media_timeout)
+            engine = MediaEngine(
+                relay.local_host,
+                prompts=Prompts(media.prompts) if media.prompts else None,
+                language=media.language,
+                recordings=media.recordings,
+            )
+            return relay, engine
+        log_config = self.config.log
+
+        def command(fd: int, relay_config: str, name: str) -> list[str]:
+            options = ["--log-level", log_config.level, "--log-format", log_config.format]
+            return [sys.executable, "-m", "switch.cli", "media-worker", str(fd), relay_config,
+                    name, *options]  # fmt: skip
+
+        relay_config = media.relay_config()
+        settings = EngineSettings(
+            host=relay_config.local_host,
+            prompts=None if media.prompts is None else str(media.prompts.resolve()),
+            language=media.language,
+            recordings=str(media.recordings.resolve()),
+        )
+        pool = RelayPool(relay_config, media.workers, on_timeout=self._on_media_timeout,
+                         command=command, engine=settings)  # fmt: skip
+        try:
+            await pool.started()
+        except OSError:
+            pool.close()
+            await pool.wait_closed()
+            raise
+        assert self.records is not None and pool.engine is not None
+        self.records.settle = pool.settle
+        log.info("media workers running", workers=media.workers)
+        return pool, pool.engine
 
     def _on_media_timeout(self, event: MediaTimeout) -> None:
         assert self.b2bua is not None and self.records is not None
@@ -204,12 +241,14 @@ class Daemon:
             await self.endpoint.transports.close()
         if self.engine is not None:
             self.engine.close()
+        if self.records is not None:
+            await self.records.close()  # before the relay: media workers send the last counters
         if self.relay is not None:
             self.relay.close()
+            if isinstance(self.relay, RelayPool):
+                await self.relay.wait_closed()
         if self.location is not None:
             await self.location.close()
-        if self.records is not None:
-            await self.records.close()
         if self.store is not None:
             await self.store.close()
         log.info("stopped")

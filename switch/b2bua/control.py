@@ -71,11 +71,9 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from media import PortsExhausted, Relay, RelaySession
+from media import PortsExhausted, RelayLike, RelaySessionLike
 from media import Side as MediaSide
-from media.endpoint import EngineEndpoint
-from media.engine import MediaEngine
-from media.recorder import Recording
+from media.api import EndpointLike, EngineLike, RecordingLike
 from switch.b2bua import endpoint_sdp
 from switch.b2bua.call import CCEvent, CCEventConnect, CCEventDisconnect, CCEventFail, Side
 from switch.b2bua.endpoint_sdp import Format
@@ -162,11 +160,11 @@ class HandledCall:
         endpoint: SipEndpoint,
         incoming: ServerRequest,
         *,
-        relay: Relay,
+        relay: RelayLike,
         switchboard: Switchboard,
         dialogs: dict[DialogId, HandledCall],
         ring_timeout: float,
-        engine: MediaEngine,
+        engine: EngineLike,
     ) -> None:
         self.endpoint = endpoint
         self.relay = relay
@@ -174,7 +172,7 @@ class HandledCall:
         self.dialogs = dialogs  # the owner's index of in-dialog requests to handled calls
         self.ring_timeout = ring_timeout
         self.engine = engine
-        self.recording: Recording | None = None  # the last recorded bridge (for the record)
+        self.recording: RecordingLike | None = None  # the last recorded bridge (for the record)
         self.id = incoming.request.call_id
         self.tenant = ""
         self.caller_user: str | None = None  # the tenant's extension calling, if one is
@@ -245,9 +243,12 @@ class HandledCall:
         caller.send_ok(media, body, offered)
         self.switchboard.event(self, CCEventConnect())
 
-    def _endpoint_on(self, session: RelaySession, side: MediaSide) -> EngineEndpoint:
-        """A media endpoint facing ``side`` of ``session`` (the side not facing a phone)."""
-        endpoint = self.engine.endpoint()
+    def _endpoint_on(
+        self, session: RelaySessionLike, side: MediaSide, near: object = None
+    ) -> EndpointLike:
+        """A media endpoint facing ``side`` of ``session`` (the side not facing a phone), in
+        the worker of ``near`` (a mix) or else of the session, where media runs in workers."""
+        endpoint = self.engine.endpoint(near=session if near is None else near)
         session.set_remote(side, *endpoint.address)
         endpoint.attach((self.relay.local_host, session.local(side).rtp_port))
         return endpoint
@@ -426,12 +427,27 @@ class HandledCall:
             sent = (stats.packets_out, stats.bytes_out)
             leg.media = LegMedia(joined, side, None, media.agreed, sent, origin=media.origin)
 
+    def move_endpoint(self, leg: Leg, near: object) -> EndpointLike:
+        """Give ``leg`` a new media endpoint in the worker of ``near`` (a mix), where media
+        runs in workers: the relay leg that faced the old endpoint faces the new one."""
+        media = leg.media
+        assert media is not None and media.endpoint is not None
+        old = media.endpoint
+        media.endpoint = self._endpoint_on(media.session, media.side.other, near)
+        media.tell(media.endpoint)
+        media.endpoint.on_digit, media.endpoint.on_info = old.on_digit, old.on_info
+        old.close()
+        log.info("media endpoint moved", call_id=self.id, leg=leg.name)
+        return media.endpoint
+
     def _bridge_in_engine(self, a: Leg, b: Leg, record: str | None) -> Callable[[], None]:
         """Bridge in the media engine's mixer; the function that undoes it."""
         ea, eb = (leg.media.endpoint for leg in (a, b) if leg.media is not None)
         assert ea is not None and eb is not None
         mix = self.engine.conference()
         mix.add(ea.row)
+        if not self.engine.near(eb.row, mix):  # media workers: the two must share one
+            eb = self.move_endpoint(b, mix)
         mix.add(eb.row)
         for end, other, leg in ((ea, eb, b), (eb, ea, a)):
             end.flush_digits()

@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from media import LegStats, RelaySession
+from media import LegStats, RelaySessionLike, StatsCell
 from media import Side as MediaSide
+from media.api import EndpointLike
 from media.dtmf import info_body, parse_info
-from media.endpoint import EngineEndpoint
 from media.stats import Addr
 from switch.b2bua import endpoint_sdp
 from switch.b2bua.endpoint_sdp import Agreed, Format, Origin, read_answer
@@ -126,19 +126,17 @@ class _Reoffer:
 class LegMedia:
     """A leg's audio: its relay session, the side facing its phone, the switch's endpoint."""
 
-    session: RelaySession
+    session: RelaySessionLike
     side: MediaSide
-    endpoint: EngineEndpoint | None  # None while relay-bridged: the other phone is there
+    endpoint: EndpointLike | None  # None while relay-bridged: the other phone is there
     agreed: Agreed | None  # None until the phone's SDP came (an INVITE without SDP)
     # "out" counters of the sessions this leg left by being bridged (a join restarts them)
     sent_before: tuple[int, int] = (0, 0)
-    final: LegStats | None = None  # frozen when the leg ended
+    final: StatsCell | None = None  # the session's counters when the leg ended
     origin: Origin = dataclasses.field(default_factory=Origin)  # our SDP's o= towards it
 
     def stats(self) -> LegStats:
-        if self.final is not None:
-            return self.final
-        now = self.session.stats()
+        now = self.final.stats if self.final is not None else self.session.stats()
         leg = now.a if self.side is MediaSide.A else now.b
         packets, octets = self.sent_before
         return dataclasses.replace(
@@ -167,7 +165,7 @@ class LegMedia:
         if self.endpoint is not None:
             self.tell(self.endpoint)
 
-    def tell(self, endpoint: EngineEndpoint) -> None:
+    def tell(self, endpoint: EndpointLike) -> None:
         """Give ``endpoint`` the codec and payload types agreed with the phone."""
         if self.agreed is not None:
             events = self.agreed.events
@@ -248,7 +246,7 @@ class Leg:
     def stop_music(self) -> None:
         self.endpoint("stop_music").stop_music()
 
-    def endpoint(self, operation: str) -> EngineEndpoint:
+    def endpoint(self, operation: str) -> EndpointLike:
         """The leg's media endpoint, for ``operation``: answered and not bridged."""
         self.check_alive()
         if self.partner is not None:
@@ -295,7 +293,7 @@ class Leg:
             self.dialog.terminate()
             self.call.dialogs.pop(self.dialog.id, None)
         if self.media is not None:
-            self.media.final = self.media.stats()
+            self.media.final = self.media.session.snapshot()
             if self.media.endpoint is not None:
                 self.media.endpoint.close()
                 self.media.endpoint = None

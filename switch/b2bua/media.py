@@ -36,7 +36,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
-from media import LocalMedia, RelaySession, Side
+from media import LocalMedia, RelaySessionLike, Side
 from switch.sip.sdp import Connection, Media, SdpError, SessionDescription, parse_sdp
 
 __all__ = ["MediaFactory", "MediaSession", "PassThrough", "RelayMedia", "TransferMedia"]
@@ -102,7 +102,7 @@ def pass_through(call_id: str) -> MediaSession:
 class RelayMedia:
     """SDP through one relay session: A's offer names leg B's ports, B's answer leg A's."""
 
-    def __init__(self, session: RelaySession) -> None:
+    def __init__(self, session: RelaySessionLike) -> None:
         self.session = session
         self.held = False
         self.codec: str | None = None

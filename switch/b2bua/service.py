@@ -62,8 +62,8 @@ from typing import TypeVar
 
 import structlog
 
-from media import MediaTimeout, PortsExhausted, Relay
-from media.engine import MediaEngine
+from media import MediaTimeout, PortsExhausted, RelayLike
+from media.api import EngineLike
 from switch.b2bua import routing
 from switch.b2bua.call import (
     Call,
@@ -165,8 +165,8 @@ class B2bua:
         self.clock = clock
         self.dialogs: dict[DialogId, Call] = {}
         self.handled: dict[DialogId, HandledCall] = {}  # dialogs of calls the switch handles
-        self.relay: Relay | None = None  # handled calls terminate their media through it
-        self.engine: MediaEngine | None = None  # ... in the media engine's endpoints
+        self.relay: RelayLike | None = None  # handled calls terminate their media through it
+        self.engine: EngineLike | None = None  # ... in the media engine's endpoints
         self.bridges = Bridges()  # handled calls' bridges in the engine, for supervisors
         self.active: set[Call | HandledCall] = set()
         self._usage: dict[Call | HandledCall, Usage] = {}
@@ -479,7 +479,7 @@ class B2bua:
         return bool(limit) and self._per_user[(tenant, user)] >= limit
 
     @staticmethod
-    def relay_media(relay: Relay) -> MediaFactory:
+    def relay_media(relay: RelayLike) -> MediaFactory:
         def allocate(call_id: str) -> MediaSession:
             return RelayMedia(relay.allocate(call_id))
 

@@ -15,9 +15,11 @@ It lasts until the supervisor hangs up or the bridge ends. A bridge in the relay
 phones with the same codec, ``RelaySession.join``) has no mix to join: a tenant with a
 supervise route has its bridges made in the engine instead (``Tenant.supervised``).
 
-Not done here: basic calls between phones (``switch.b2bua.call``: relayed, no engine),
-moving an existing relay bridge onto the engine, changing mode mid-call by keys, a limit
-on supervisors per call, telling the agent that someone listens.
+With media workers, a supervisor's endpoint moves to the worker that mixes the bridge
+(``HandledCall.move_endpoint``). Not done here: basic calls between phones
+(``switch.b2bua.call``: relayed, no engine), moving an existing relay bridge onto the
+engine, changing mode mid-call by keys, a limit on supervisors per call, telling the agent
+that someone listens.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from media.mixer import Conference, Mode
+from media.api import ConferenceLike
+from media.mixer import Mode
 
 if TYPE_CHECKING:
     from switch.b2bua.control import HandledCall
@@ -49,7 +52,7 @@ class LiveBridge:
 
     call_id: str
     tenant: str
-    mix: Conference
+    mix: ConferenceLike
     rows: dict[str, int]  # the tenant's extension on a leg -> that leg's endpoint row
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -86,6 +89,8 @@ async def join(call: HandledCall, extension: str, mode: SuperviseMode) -> bool:
         log.info("nothing to supervise", call_id=call.id, extension=extension)
         return False
     row = call.caller.endpoint("supervise").row
+    if not call.engine.near(row, bridge.mix):  # media workers: go where the bridge is mixed
+        row = call.move_endpoint(call.caller, bridge.mix).row
     agent = bridge.rows[extension]
     bridge.mix.add(row, _MIXER_MODE[mode], to=agent if mode == "whisper" else None)
     log.info("supervising", call_id=call.id, extension=extension, mode=mode,

@@ -60,7 +60,7 @@ from urllib.parse import unquote
 
 import structlog
 
-from media import LegStats, SessionStats
+from media import LegStats, StatsCell
 from media import Side as MediaSide
 from switch.b2bua.call import Call, Side
 from switch.b2bua.forks import Fork, Forks, Target, ignore, invite
@@ -154,6 +154,21 @@ def parse_refer_to(request: Request) -> ReferTo:
     return ReferTo(uri, replaces)
 
 
+@dataclass(frozen=True, slots=True)
+class LegCounters:
+    """One side's relay counters at a moment of a transfer."""
+
+    cell: StatsCell
+    side: Side
+    out_afresh: bool = False  # a moved leg's "out" restarts at the join (RelaySession.join)
+
+    def get(self) -> LegStats:
+        stats = self.cell.stats.a if self.side is Side.A else self.cell.stats.b
+        if self.out_afresh:
+            return dataclasses.replace(stats, packets_out=0, bytes_out=0)
+        return stats
+
+
 @dataclass(slots=True)
 class TransferRecord:
     """One change of party in a call, for the call record."""
@@ -167,8 +182,18 @@ class TransferRecord:
     peer: Peer | None = None
     status: int | None = None  # the new leg's final status
     joined_at: float | None = None
-    replaced: LegStats | None = None  # relay counters of the departing phone's leg
-    before: LegStats | None = None  # relay counters the new party's leg had already
+    # Relay counters of the departing phone's leg, and those the new party's leg had already:
+    # read when the call record is written (media workers report them a moment later).
+    replaced_counters: LegCounters | None = None
+    before_counters: LegCounters | None = None
+
+    @property
+    def replaced(self) -> LegStats | None:
+        return None if self.replaced_counters is None else self.replaced_counters.get()
+
+    @property
+    def before(self) -> LegStats | None:
+        return None if self.before_counters is None else self.before_counters.get()
 
     def targets(self) -> list[TargetLeg]:
         if self.forks:
@@ -318,14 +343,15 @@ class Transfer:
         try:
             if not response.body:
                 raise ParseError("no SDP in the answer")
-            replaced = call.media.session.stats()
+            replaced = call.media.session.snapshot()
             call.media.retarget(_relay(self.side), response.body)
         except ParseError as exc:
             log.info("bad SDP from the transfer target", call_id=call.id, error=str(exc))
             call.endpoint.send_request(dialog.request("BYE"), peer, ignore)
             self._failed(488, "Not Acceptable Here")
             return
-        self.record.replaced = self.record.before = _leg_stats(replaced, self.side)
+        counters = LegCounters(replaced, self.side)
+        self.record.replaced_counters = self.record.before_counters = counters
         self._joined(dialog, peer, 200, "OK")
 
     def _joined(self, dialog: Dialog, peer: Peer, status: int, reason: str) -> None:
@@ -370,17 +396,15 @@ class Transfer:
         """Join the transferee with the far phone of ``other``, the transferor's other call."""
         call, side = self.call, self.side
         assert isinstance(call.media, RelayMedia) and isinstance(other.media, RelayMedia)
-        before_other = other.media.session.stats()
-        before_this = call.media.session.stats()
+        before_other = other.media.session.snapshot()
+        before_this = call.media.session.snapshot()
         kept = _other(other_side)
         joined = call.media.join(_relay(_other(side)), other.media, _relay(kept))
         dialog, peer = other.hand_over(kept)
         call.media = joined
-        self.record.replaced = _leg_stats(before_this, side)
+        self.record.replaced_counters = LegCounters(before_this, side)
         # The moved leg's "out" restarts at the join (RelaySession.join); its "in" carries on.
-        self.record.before = dataclasses.replace(
-            _leg_stats(before_other, kept), packets_out=0, bytes_out=0
-        )
+        self.record.before_counters = LegCounters(before_other, kept, out_afresh=True)
         self._joined(dialog, peer, 200, "OK")
 
 
@@ -425,7 +449,7 @@ def replace(call: Call, side: Side, incoming: ServerRequest, user: str) -> None:
         raise TransferError(501, "Replaces needs the media relay")
     if not request.body:
         raise TransferError(488, "Replaces needs an SDP offer")
-    replaced = media.session.stats()
+    replaced = media.session.snapshot()
     try:
         answer = media.answer_for(_relay(side), request.body)
     except ParseError as exc:
@@ -439,7 +463,7 @@ def replace(call: Call, side: Side, incoming: ServerRequest, user: str) -> None:
     if not incoming.peer.reliable:
         call.unacked[dialog.id] = OkUntilAck(incoming, ok, functools.partial(call.hang_up, None))
     record = TransferRecord(Kind.REPLACES, side, None, user, status=200)
-    record.replaced = record.before = _leg_stats(replaced, side)
+    record.replaced_counters = record.before_counters = LegCounters(replaced, side)
     record.joined_at, record.peer, record.sip_call_id = time.time(), incoming.peer, request.call_id
     call.transfers.append(record)
     old, old_peer = call.replace_leg(side, dialog, incoming.peer)
@@ -454,10 +478,6 @@ def _other(side: Side) -> Side:
 
 def _relay(side: Side) -> MediaSide:
     return MediaSide.A if side is Side.A else MediaSide.B
-
-
-def _leg_stats(stats: SessionStats, side: Side) -> LegStats:
-    return stats.a if side is Side.A else stats.b
 
 
 _REASONS = {480: "Temporarily Unavailable", 486: "Busy Here", 487: "Request Terminated"}

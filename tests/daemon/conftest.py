@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.daemon.baresip_phone import Phones, phones_for
-from tests.daemon.harness import Daemon, base_config, free_port
+from tests.daemon.harness import MEDIA_WORKERS, Daemon, base_config, free_port
 
 ConfigEdit = Callable[[dict[str, Any]], None]
 
@@ -30,13 +30,29 @@ def _check_clean_exit(daemon: Daemon) -> None:
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def media_workers() -> int:
+    """Media worker processes of the daemons a test starts (0: media in the daemon's own
+    process, or what SOFTSWITCH_TEST_MEDIA_WORKERS says). Tests marked ``both_media_ways``
+    run twice: media in the daemon, and in two workers."""
+    return MEDIA_WORKERS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker("both_media_ways") is not None
+    if marked and "media_workers" in metafunc.fixturenames:
+        metafunc.parametrize("media_workers", [0, 2], ids=["media-in-process", "media-workers"])
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, media_workers: int) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def make(edit: ConfigEdit | None = None, *, start: bool = True) -> Daemon:
         folder = tmp_path / f"daemon{len(started)}"
         folder.mkdir()
         config = base_config(folder, free_port(both=True), free_port())
+        if media_workers:
+            config.setdefault("media", {})["workers"] = media_workers
         if edit is not None:
             edit(config)
         daemon = Daemon(folder, config)

@@ -78,6 +78,12 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
+# The whole daemon suite can run with the relay in media worker processes:
+# SOFTSWITCH_TEST_MEDIA_WORKERS=2 pytest tests/daemon (CI runs some modules both ways:
+# conftest's `media_workers` fixture).
+MEDIA_WORKERS = int(os.environ.get("SOFTSWITCH_TEST_MEDIA_WORKERS", "0"))
+
+
 def base_config(tmp: Path, sip_port: int, http_port: int) -> dict[str, Any]:
     """The test configuration: loopback only, short expiries, a small ban threshold."""
     return {

@@ -47,6 +47,10 @@ def with_media_routes(config: dict[str, Any]) -> None:
     config.setdefault("media", {})["recordings"] = str(folder / "recordings")
 
 
+# Every test here runs with the media in the daemon and in two media workers.
+pytestmark = pytest.mark.both_media_ways
+
+
 @pytest.fixture
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon(with_media_routes)

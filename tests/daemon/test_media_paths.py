@@ -14,12 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.daemon.harness import Daemon, free_port
 from tests.daemon.sipp import SippResult
 from tests.daemon.test_calls import call, call_legs, callee, ok, records, register_callee
 
 NATED_SDP_ADDRESS = "192.168.77.10"  # what a phone behind a home router writes into SDP
 TALK_PACKETS = 3 * 50  # the caller streams 3 s of 20 ms packets
+
+
+# Every test here runs with the media in the daemon and in two media workers.
+pytestmark = pytest.mark.both_media_ways
 
 
 def mulaw(sample: float) -> int:
@@ -92,7 +98,7 @@ def test_strict_source_refuses_a_nated_caller(
     make_daemon: Callable[..., Daemon], work: Path
 ) -> None:
     def strict(config: dict[str, Any]) -> None:
-        config["media"] = {"strict_source": True}
+        config.setdefault("media", {})["strict_source"] = True
 
     daemon = make_daemon(strict)
     caller, uas, caller_media = talk(daemon, work, NATED_SDP_ADDRESS)

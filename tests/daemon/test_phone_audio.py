@@ -43,6 +43,10 @@ JITTER_FRAMES = 10
 TALK = 3.0  # seconds two phones stay connected
 
 
+# Every test here runs with the media in the daemon and in two media workers.
+pytestmark = pytest.mark.both_media_ways
+
+
 def with_phone_routes(config: dict[str, Any]) -> None:
     with_media_routes(config)
     config["tenants"][0]["routes"]["531"] = {"handler": "follow-me", "extension": "102"}

@@ -66,8 +66,14 @@ def tones_over_time(samples: npt.NDArray[np.int16], seconds: float = 0.5) -> set
     return found
 
 
+# Every test here runs with the media in the daemon and in two media workers.
+pytestmark = pytest.mark.both_media_ways
+
+
 @pytest.mark.parametrize("mode", list(MODES))
-def test_supervisor_modes(daemon: Daemon, baresip: Phones, tmp_path: Path, mode: str) -> None:
+def test_supervisor_modes(
+    daemon: Daemon, baresip: Phones, tmp_path: Path, mode: str, media_workers: int
+) -> None:
     agent = baresip.start(daemon, "102", source=tone_file(tmp_path, AGENT), answer=True)
     agent.registered()
     caller = baresip.start(daemon, "101", source=tone_file(tmp_path, CALLER),
@@ -83,6 +89,8 @@ def test_supervisor_modes(daemon: Daemon, baresip: Phones, tmp_path: Path, mode:
     supervisor.press("102#")
     (joined,) = wait_until(lambda: daemon.events_named("supervising"), 5, what="the supervisor")
     assert (joined["extension"], joined["mode"]) == ("102", mode), joined
+    if media_workers:  # the supervisor's call is on the other worker: its endpoint moved
+        assert daemon.events_named("media endpoint moved"), "the mix is in another worker"
     time.sleep(JOINED)
     assert supervisor.stop() == 0, supervisor.said
     time.sleep(0.5)

@@ -24,6 +24,9 @@ from tests.daemon.harness import USERS, Daemon, free_port, wait_until
 from tests.daemon.sipclient import SipClient
 from tests.daemon.test_calls import PJSUA_CALL, call_legs, records
 
+# Every test here runs with the media in the daemon and in two media workers.
+pytestmark = pytest.mark.both_media_ways
+
 
 def phone(daemon: Daemon, work: Path, user: str, *extra: str) -> subprocess.Popen[str]:
     pytest.importorskip("pjsua2")
@@ -157,7 +160,9 @@ def test_transfer_to_a_busy_phone_leaves_the_call_as_it_was(daemon: Daemon, work
     daemon.wait_metric("softswitch_transfers_total", 1, kind="blind", result="failed")
 
 
-def test_attended_transfer_joins_the_two_far_phones(daemon: Daemon, work: Path) -> None:
+def test_attended_transfer_joins_the_two_far_phones(
+    daemon: Daemon, work: Path, media_workers: int
+) -> None:
     t = transferred_call(
         daemon,
         work,
@@ -185,6 +190,9 @@ def test_attended_transfer_joins_the_two_far_phones(daemon: Daemon, work: Path) 
     assert target["packets_in"] > 0 and target["packets_out"] > 0, target
     daemon.wait_metric("softswitch_transfers_total", 1, kind="attended", result="done")
     daemon.wait_metric("softswitch_calls_active", 0)
+    if media_workers:  # the two calls went to the two workers: the moved leg crossed over
+        (joined,) = [e for e in daemon.events_named("media joined") if "worker" not in e]
+        assert joined["across_workers"] is True, joined
 
 
 @pytest.mark.parametrize("how", ["--xfer", "--xfer-replaces"])

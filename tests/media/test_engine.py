@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media import RelayConfig
+from media.api import EndpointLike, EngineLike
 from media.audio import read_wav
 from media.dtmf import tone
-from media.endpoint import EngineEndpoint
 from media.engine import MediaEngine
 from media.mixer import Mode
-from tests.media.conftest import Phone
+from media.worker_engine import EngineSettings
+from media.workers import RelayPool
+from tests.media.conftest import Phone, port_range
 from tests.media.rtp_audio import (
     FRAME,
     dominant,
@@ -35,20 +38,39 @@ from tests.media.rtp_audio import (
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[MediaEngine]:
+async def local_engine(tmp_path: Path) -> AsyncIterator[MediaEngine]:
     engine = MediaEngine(recordings=tmp_path, capacity=4)
     yield engine
     engine.close()
 
 
-Connect = Callable[..., tuple[EngineEndpoint, Phone]]
+@pytest.fixture(params=["in-process", "in-a-worker"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EngineLike]:
+    """The engine in this process, and the same operations on the engine of a media worker
+    (`media.remote`): every test of the engine's operations runs both ways."""
+    if request.param == "in-process":
+        local = MediaEngine(recordings=tmp_path, capacity=4)
+        yield local
+        local.close()
+        return
+    pool = RelayPool(RelayConfig(**port_range()), 1,
+                     engine=EngineSettings(recordings=str(tmp_path)))  # fmt: skip
+    await pool.started()
+    assert pool.engine is not None
+    yield pool.engine
+    pool.engine.close()
+    pool.close()
+    await pool.wait_closed()
+
+
+Connect = Callable[..., tuple[EndpointLike, Phone]]
 
 
 @pytest.fixture
-def connect(engine: MediaEngine, phones: Callable[[], Phone]) -> Connect:
+def connect(engine: EngineLike, phones: Callable[[], Phone]) -> Connect:
     """An endpoint and the phone it talks to, with the codec agreed."""
 
-    def make(codec: str = "PCMU", events_pt: int | None = 101) -> tuple[EngineEndpoint, Phone]:
+    def make(codec: str = "PCMU", events_pt: int | None = 101) -> tuple[EndpointLike, Phone]:
         endpoint = engine.endpoint()
         phone = phones()
         endpoint.attach(phone.addr)
@@ -59,8 +81,8 @@ def connect(engine: MediaEngine, phones: Callable[[], Phone]) -> Connect:
 
 
 def bridged(
-    engine: MediaEngine, connect: Connect, codec_a: str, codec_b: str
-) -> tuple[tuple[EngineEndpoint, Phone], tuple[EngineEndpoint, Phone]]:
+    engine: EngineLike, connect: Connect, codec_a: str, codec_b: str
+) -> tuple[tuple[EndpointLike, Phone], tuple[EndpointLike, Phone]]:
     """Two endpoints and their phones, bridged in the engine's mixer."""
     a, b = connect(codec_a), connect(codec_b)
     bridge = engine.conference()
@@ -146,7 +168,7 @@ async def test_the_packaged_music_on_hold_plays(connect: Connect) -> None:
 
 
 async def test_pcmu_and_pcma_phones_bridged_hear_each_other(
-    engine: MediaEngine, connect: Connect
+    engine: EngineLike, connect: Connect
 ) -> None:
     (a, phone_a), (b, phone_b) = bridged(engine, connect, "PCMU", "PCMA")
     at_a = asyncio.ensure_future(gather(phone_a, 1.4))
@@ -162,7 +184,7 @@ async def test_pcmu_and_pcma_phones_bridged_hear_each_other(
 
 
 async def test_a_bridged_call_is_recorded_caller_left_callee_right(
-    engine: MediaEngine, connect: Connect, tmp_path: Path
+    engine: EngineLike, connect: Connect, tmp_path: Path
 ) -> None:
     (a, phone_a), (b, phone_b) = bridged(engine, connect, "PCMU", "PCMA")
     recording = engine.record("call.wav", [a.row, b.row])
@@ -172,6 +194,7 @@ async def test_a_bridged_call_is_recorded_caller_left_callee_right(
     )
     await asyncio.sleep(0.1)
     recording.stop()
+    await recording.done  # in a worker, the file and its length are final once it says so
     samples, rate = read_wav(tmp_path / "call.wav")
     assert rate == 8000 and samples.shape[1] == 2
     assert recording.duration == pytest.approx(samples.shape[0] / 8000)
@@ -181,7 +204,7 @@ async def test_a_bridged_call_is_recorded_caller_left_callee_right(
 
 
 async def test_a_paused_recording_keeps_its_timeline_in_silence(
-    engine: MediaEngine, connect: Connect, tmp_path: Path
+    engine: EngineLike, connect: Connect, tmp_path: Path
 ) -> None:
     a, phone_a = connect()
     recording = engine.record("paused.wav", [a.row], mixed=True)
@@ -192,6 +215,7 @@ async def test_a_paused_recording_keeps_its_timeline_in_silence(
     recording.paused = False
     await sending
     recording.stop()
+    await recording.done
     samples, _ = read_wav(tmp_path / "paused.wav")
     mono = samples[:, 0]
     quiet = np.abs(mono[int(0.65 * 8000) : int(0.9 * 8000)]).max()
@@ -202,7 +226,7 @@ async def test_a_paused_recording_keeps_its_timeline_in_silence(
 
 @pytest.mark.parametrize("mode", ["listen", "whisper", "barge"])
 async def test_supervisor_modes_decide_who_hears_whom(
-    engine: MediaEngine, connect: Connect, mode: str
+    engine: EngineLike, connect: Connect, mode: str
 ) -> None:
     tones = {"caller": 500, "agent": 1000, "supervisor": 1700}
     ends = {name: connect() for name in tones}
@@ -238,7 +262,8 @@ async def test_supervisor_modes_decide_who_hears_whom(
         assert not hears(name, name)  # nobody hears themselves
 
 
-async def test_a_closed_endpoints_row_leaves_its_conference(engine: MediaEngine) -> None:
+async def test_a_closed_endpoints_row_leaves_its_conference(local_engine: MediaEngine) -> None:
+    engine = local_engine
     # Rows are reused: the next endpoint on a freed row must not be heard in the old mix.
     first, second = engine.endpoint(), engine.endpoint()
     mix = engine.conference()
@@ -330,7 +355,7 @@ async def test_a_phone_without_telephone_event_ends_a_recording_with_a_tone(
     talking.cancel()
 
 
-async def test_reordered_packets_play_in_order(engine: MediaEngine, connect: Connect) -> None:
+async def test_reordered_packets_play_in_order(engine: EngineLike, connect: Connect) -> None:
     (a, phone_a), (_, phone_b) = bridged(engine, connect, "PCMU", "PCMU")
     ramp = (np.arange(160 * 30) * 4 - 9600).astype(np.int16)  # rises monotonically
     stream = packets(ramp)

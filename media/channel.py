@@ -1,0 +1,136 @@
+"""The control channel between the switch and a media worker process.
+
+One `socketpair(AF_UNIX, SOCK_SEQPACKET)`: the kernel keeps message boundaries and order, and
+carries file descriptors with a message (SCM_RIGHTS), so the switch can bind a leg's ports
+itself and hand the sockets over. A message is a pickled tuple ``(op, *args)``: both ends are
+this package's code in processes the switch started, on a channel nobody else can reach, so
+pickle's trust model holds, and frozen dataclasses (`SessionStats`, `MediaTimeout`) cross
+as they are.
+
+Sending never blocks the event loop: a message the kernel cannot take now waits in a queue
+(with its descriptors) until the socket is writable again, and order is kept. The far end
+closing (or dying) is one `on_close` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import structlog
+
+__all__ = ["MAX_FDS", "Channel", "Message", "pair"]
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+
+Message = tuple[Any, ...]
+MAX_FDS: Final = 8  # descriptors one message may carry (a session: 4)
+_MAX_MESSAGE: Final = 1 << 20
+_BUFFER: Final = 4 << 20  # socket buffers: a second of counters for thousands of sessions
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of channel sockets (one for each process)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in (a, b):
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
+    return a, b
+
+
+class Channel:
+    """Whole messages with descriptors, both ways, on the running event loop."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_message: Callable[[Message, list[socket.socket]], None],
+        on_close: Callable[[], None],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop = loop or asyncio.get_running_loop()
+        self._on_message = on_message
+        self._on_close = on_close
+        self._queue: deque[tuple[bytes, Sequence[socket.socket]]] = deque()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, message: Message, socks: Sequence[socket.socket] = ()) -> None:
+        """Queue `message` (and duplicates of `socks` for the far end) in order."""
+        if self._closed:
+            return
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > _MAX_MESSAGE:
+            raise ValueError(f"control message {message[0]!r} of {len(data)} bytes is too big")
+        if self._queue:
+            self._queue.append((data, socks))
+            return
+        if not self._write(data, socks):
+            self._queue.append((data, socks))
+            self._loop.add_writer(self._sock.fileno(), self._writable)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        if self._queue:
+            self._loop.remove_writer(self._sock.fileno())
+            self._queue.clear()
+        self._sock.close()
+
+    def _write(self, data: bytes, socks: Sequence[socket.socket]) -> bool:
+        """Send one message; False if the socket is full now."""
+        try:
+            socket.send_fds(self._sock, [data], [s.fileno() for s in socks])
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            _log.warning("media control channel broken", error=str(e))
+            self._lost()
+        return True
+
+    def _writable(self) -> None:
+        queue = self._queue
+        while queue:
+            data, socks = queue[0]
+            if not self._write(data, socks):
+                return
+            if self._closed:
+                return
+            queue.popleft()
+        self._loop.remove_writer(self._sock.fileno())
+
+    def _readable(self) -> None:
+        while not self._closed:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._sock, _MAX_MESSAGE, MAX_FDS)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                _log.warning("media control channel broken", error=str(e))
+                self._lost()
+                return
+            socks = [socket.socket(fileno=fd) for fd in fds]
+            if not data:
+                for sock in socks:
+                    sock.close()
+                self._lost()
+                return
+            self._on_message(pickle.loads(data), socks)
+
+    def _lost(self) -> None:
+        if not self._closed:
+            self.close()
+            self._on_close()
