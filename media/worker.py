@@ -21,7 +21,7 @@ engine) as JSON, NAME how its log lines say which worker they come from. It runs
 ``{side: (remote arguments or None, on hold)}``. The worker tells the switch:
 
     ("final", sid, SessionStats)     a session closed (close, join, detach, adopt_join)
-    ("stats", [(sid, SessionStats)]) every second, for the sessions open
+    ("stats", [(sid, SessionStats)]) every 5 s for the sessions open, and when asked ("push")
     ("snap", token, SessionStats)    the counters a "snap" asked for (None: no such session)
     ("totals", RelayTotals)          every second
     ("timeout", sid, MediaTimeout)
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import socket
 import sys
@@ -52,9 +53,12 @@ from media.relay import Relay, RelaySession
 from media.stats import LocalMedia, MediaTimeout, Side
 from media.worker_engine import EngineOrders, EngineSettings
 
-PUSH_EVERY: Final = 1.0  # seconds between counter pushes
+PUSH_EVERY: Final = 1.0  # seconds between pushes of the totals (what /metrics shows)
+# Seconds between pushes of every session's counters: only a worker's death needs them (its
+# successor counts on from there); call records get theirs by "push" orders and finals.
+STATS_EVERY: Final = 5.0
 _WITH_SOCKETS: Final = frozenset({"adopt", "adopt_join", "ep_new"})  # orders that bring some
-_CHUNK: Final = 200  # sessions per "stats" message
+_CHUNK: Final = 100  # sessions per "stats" message, and per turn of the loop
 
 log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
@@ -84,6 +88,7 @@ class Worker:
         }
         if self.engine is not None:
             self._handlers.update(self.engine.handlers())
+        self._pushes = 0
         self._pusher = asyncio.get_running_loop().call_later(PUSH_EVERY, self._push)
 
     def on_message(self, message: Message, socks: list[socket.socket]) -> None:
@@ -93,6 +98,7 @@ class Worker:
             log.error("unknown media control order", op=op)
             for sock in socks:
                 sock.close()
+            self.channel.send(("error", None, f"unknown order {op!r}"))
             return
         try:
             if op in _WITH_SOCKETS:
@@ -203,19 +209,33 @@ class Worker:
         self.channel.send(("pong", n, self.relay.totals()))
 
     def _send_counters(self, sids: list[int] | None = None) -> None:
+        """The counters of sessions `sids` (None: all, a chunk per turn of the loop, so the
+        packets of thousands of calls are not held up), then the totals."""
         sessions = self.sessions
-        if sids is None:
-            items = [(sid, session.stats()) for sid, session in sessions.items()]
-        else:
+        if sids is not None:
             items = [(sid, sessions[sid].stats()) for sid in sids if sid in sessions]
-        for i in range(0, len(items), _CHUNK):
-            self.channel.send(("stats", items[i : i + _CHUNK]))
+            self.channel.send(("stats", items))
+        else:
+            self._send_chunks(list(sessions))
+        self._send_totals()
+
+    def _send_chunks(self, sids: list[int]) -> None:
+        chunk, rest = sids[:_CHUNK], sids[_CHUNK:]
+        sessions = self.sessions
+        self.channel.send(("stats", [(s, sessions[s].stats()) for s in chunk if s in sessions]))
+        if rest:
+            asyncio.get_running_loop().call_soon(self._send_chunks, rest)
+
+    def _send_totals(self) -> None:
         self.channel.send(("totals", self.relay.totals()))
         if self.engine is not None:
             self.channel.send(("engine", self.engine.counters()))
 
     def _push(self) -> None:
-        self._send_counters()
+        self._pushes += 1
+        if self._pushes % round(STATS_EVERY / PUSH_EVERY) == 0:
+            self._send_chunks(list(self.sessions))
+        self._send_totals()
         self._pusher = asyncio.get_running_loop().call_later(PUSH_EVERY, self._push)
 
 
@@ -245,4 +265,10 @@ def main(fd: int, config_json: str, name: str) -> None:
 
 
 if __name__ == "__main__":
+    # Run by hand or by a program of its own (the daemon's media-worker sets up logging):
+    # warnings and worse, on stderr, so stdout stays the starter's.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     main(int(sys.argv[1]), sys.argv[2], sys.argv[3])

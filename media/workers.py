@@ -15,8 +15,8 @@ What stays in the switch, and why:
   the worker closed its copy (no two processes ever serve one port), and **a worker that dies
   loses no call**: its sessions are handed, with the addresses the SDP gave and their hold
   state, to the worker started in its place. Packets that arrived meanwhile wait in the
-  sockets; the counters go on from the last figures the dead worker sent (at most a second of
-  them is lost) and latching starts over, as after an offer/answer.
+  sockets; the counters go on from the last figures the dead worker sent (at most 5 s of them
+  are lost) and latching starts over, as after an offer/answer.
 - **Placement.** Every session of a call goes to one worker (a handled call's sessions are
   joined in place); a new call goes to the worker with the fewest sessions.
 - **Joins across workers** (an attended transfer of two calls on two workers): the worker of
@@ -24,10 +24,12 @@ What stays in the switch, and why:
   copy (``adopt_join``). The phone keeps its port; a packet or two in flight at that moment
   may go to the phone that is leaving.
 
-Counters: workers push every session's figures each second and the final ones at close, so
-``stats()`` of an open session is up to a second old, and the call record waits for
-``settle()`` (every order sent so far answered) before it reads the final ones. Totals for
-``/metrics`` add the workers' latest totals, and those of workers that died.
+Counters: workers send their totals each second (``/metrics`` adds them up, with those of
+workers that died), every session's figures every 5 s (a chunk per turn of their loop, so
+packets are not held up) and a session's final ones at close. So ``stats()`` of an open
+session may be seconds old; ``snapshot()`` gives the figures of one moment once the worker
+has answered, and the call record waits for ``settle(call_id)`` (every order sent so far
+answered, that call's counters fresh) before it reads them.
 """
 
 from __future__ import annotations

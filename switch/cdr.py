@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -287,10 +288,11 @@ class CallRecorder:
             del self._open[call]
             ended_at = self.clock()
             # The call closes its media right after this event: read the counters after that.
+            finish = functools.partial(self._finish, call, entry, event, ended_at)
             if self.settle is None:
-                asyncio.get_running_loop().call_soon(self._finish, call, entry, event, ended_at)
+                asyncio.get_running_loop().call_soon(finish)
             else:
-                settled = asyncio.ensure_future(self._settled(call, entry, event, ended_at))
+                settled = asyncio.ensure_future(self._settled(call.id, finish))
                 self._settling.add(settled)
                 settled.add_done_callback(self._settling.discard)
 
@@ -316,17 +318,11 @@ class CallRecorder:
             await asyncio.wait(self._settling)
         await self._writes.flush()
 
-    async def _settled(
-        self,
-        call: Call | HandledCall,
-        entry: _Open,
-        event: CCEventFail | CCEventDisconnect,
-        ended_at: float,
-    ) -> None:
+    async def _settled(self, call_id: str, finish: Callable[[], None]) -> None:
         await asyncio.sleep(0)  # the call closes its media after this event
         assert self.settle is not None
-        await self.settle(call.id)
-        self._finish(call, entry, event, ended_at)
+        await self.settle(call_id)
+        finish()
 
     def _finish(
         self,

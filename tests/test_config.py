@@ -431,3 +431,16 @@ def test_a_gateway_named_by_dns_is_refused_with_the_reason(tmp_path: Path) -> No
         "(expected e.g. 192.0.2.10:5060; gateways are matched by the address they send from, "
         "so no DNS names)"
     ]
+
+
+def test_media_workers(tmp_path: Path) -> None:
+    assert problems(tmp_path, "media:\n  workers: -1\n" + MINIMAL) == [
+        "F:2: media.workers: got '-1' (expected a number of at least 0)"
+    ]
+    assert problems(tmp_path, "media:\n  workers: lots\n" + MINIMAL) == [
+        "F:2: media.workers: got 'lots' (expected an integer)"
+    ]
+    good = tmp_path / "good.yaml"
+    good.write_text("media:\n  workers: 4\n" + MINIMAL)
+    assert load_config(good).media.workers == 4
+    assert load_config(EXAMPLE).media.workers == 0  # the example: media in the switch

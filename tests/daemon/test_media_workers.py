@@ -64,10 +64,10 @@ def test_a_call_outlives_the_media_worker_that_carried_it(
     (row,) = records(daemon)
     assert (row["disposition"], row["hangup_by"]) == ("answered", "caller")
     a, b = call_legs(daemon, row["call_id"])
-    # Both phones streamed all along; the counters the dead worker had not reported yet (at
-    # most its last second) are missing, every other packet is counted and was relayed.
-    assert TALK_PACKETS * 0.6 <= a["packets_in"] <= TALK_PACKETS * 1.2, a
-    assert b["packets_in"] >= TALK_PACKETS * 0.5, b
+    # Both phones streamed all along; the counters the dead worker had not reported yet (it
+    # reports every 5 s: here, all it had) are missing, the rest are counted.
+    assert TALK_PACKETS * 0.4 <= a["packets_in"] <= TALK_PACKETS * 1.2, a
+    assert b["packets_in"] >= TALK_PACKETS * 0.4, b
     assert a["packets_out"] > 0 and b["packets_out"] > 0
     assert a["latched"] and b["latched"]
     assert daemon.metric("softswitch_media_worker_restarts_total") == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from media import MediaTimeout, RelayConfig, Side
 from media.worker_engine import EngineSettings
@@ -259,3 +260,25 @@ async def test_a_killed_worker_hands_its_endpoints_and_mixes_on(
         engine.close()
         pool.close()
         await pool.wait_closed()
+
+
+async def test_bad_orders_are_refused_and_the_worker_goes_on(
+    make_pool: MakePool, phones: Phones
+) -> None:
+    pool = await make_pool(workers=1)
+    session, a, b = call(pool, phones)
+    await talk(session, a, b, 0)
+    worker = pool.workers[0]
+    with structlog.testing.capture_logs() as logs:
+        worker.send(("no-such-order", 1))
+        worker.send(("remote", 9999, Side.A, "127.0.0.1", 4000, None, None, 8000))
+        worker.send(("adopt", 77, "call-x", {}, None))  # no sockets with it
+        worker.send(("hold", session.sid))  # an argument short
+        await pool.settle()
+    refused = [e["error"] for e in logs if e["event"] == "media worker refused an order"]
+    assert len(refused) == 4, logs
+    assert refused[0] == "unknown order 'no-such-order'"
+    assert "adopt needs 4 sockets" in refused[2]
+    for i in range(1, 4):  # the call's media never stopped
+        await talk(session, a, b, i)
+    assert worker.alive and pool.restarts == 0
