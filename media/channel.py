@@ -7,9 +7,12 @@ this package's code in processes the switch started, on a channel nobody else ca
 pickle's trust model holds, and frozen dataclasses (`SessionStats`, `MediaTimeout`) cross
 as they are.
 
-Sending never blocks the event loop: a message the kernel cannot take now waits in a queue
-(with its descriptors) until the socket is writable again, and order is kept. The far end
-closing (or dying) is one `on_close` call.
+Messages sent in one turn of the event loop leave together, as one datagram ``("batch",
+[(pickled message, how many of the descriptors are its)])``: a call's set-up is several
+orders, and this makes them one system call and one wake-up of the far end. Sending never
+blocks the event loop: a datagram the kernel cannot take now waits in a queue (with its
+descriptors) until the socket is writable again, and order is kept. The far end closing (or
+dying) is one `on_close` call.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ __all__ = ["MAX_FDS", "Channel", "Message", "pair"]
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
 Message = tuple[Any, ...]
-MAX_FDS: Final = 8  # descriptors one message may carry (a session: 4)
+MAX_FDS: Final = 253  # descriptors one datagram may carry (SCM_MAX_FD; a session: 4)
 _MAX_MESSAGE: Final = 1 << 20
+_BATCH: Final = 64  # messages per datagram at most
+_BATCH_BYTES: Final = 256 << 10
 _BUFFER: Final = 4 << 20  # socket buffers: a second of counters for thousands of sessions
 
 
@@ -59,6 +64,7 @@ class Channel:
         self._on_message = on_message
         self._on_close = on_close
         self._queue: deque[tuple[bytes, Sequence[socket.socket]]] = deque()
+        self._pending: list[tuple[bytes, Sequence[socket.socket]]] = []  # this turn's, pickled
         self._closed = False
         self._loop.add_reader(sock.fileno(), self._readable)
 
@@ -67,12 +73,42 @@ class Channel:
         return self._closed
 
     def send(self, message: Message, socks: Sequence[socket.socket] = ()) -> None:
-        """Queue `message` (and duplicates of `socks` for the far end) in order."""
+        """Send `message` (and duplicates of `socks` for the far end) at the end of this turn
+        of the loop, in order."""
         if self._closed:
             return
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         if len(data) > _MAX_MESSAGE:
             raise ValueError(f"control message {message[0]!r} of {len(data)} bytes is too big")
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append((data, socks))
+
+    def _flush(self) -> None:
+        """This turn's messages, as few datagrams as the limits allow."""
+        pending, self._pending = self._pending, []
+        batch: list[tuple[bytes, Sequence[socket.socket]]] = []
+        size = fds = 0
+        for data, socks in pending:
+            full = len(batch) == _BATCH or size + len(data) > _BATCH_BYTES
+            if batch and (full or fds + len(socks) > MAX_FDS):
+                self._datagram(batch)
+                batch, size, fds = [], 0, 0
+            batch.append((data, socks))
+            size += len(data)
+            fds += len(socks)
+        if batch:
+            self._datagram(batch)
+
+    def _datagram(self, batch: list[tuple[bytes, Sequence[socket.socket]]]) -> None:
+        if self._closed:
+            return
+        if len(batch) == 1:
+            data, socks = batch[0]
+        else:
+            parts = [(part, len(s)) for part, s in batch]
+            data = pickle.dumps(("batch", parts), protocol=pickle.HIGHEST_PROTOCOL)
+            socks = [sock for _, s in batch for sock in s]
         if self._queue:
             self._queue.append((data, socks))
             return
@@ -128,7 +164,15 @@ class Channel:
                     sock.close()
                 self._lost()
                 return
-            self._on_message(pickle.loads(data), socks)
+            message = pickle.loads(data)
+            if message[0] != "batch":
+                self._on_message(message, socks)
+                continue
+            for part, count in message[1]:
+                if self._closed:
+                    break
+                self._on_message(pickle.loads(part), socks[:count])
+                socks = socks[count:]
 
     def _lost(self) -> None:
         if not self._closed:

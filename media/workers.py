@@ -206,6 +206,7 @@ class WorkerSession:
         if self._bases is None:
             self._closing()
         self._final = self._with_bases(final or self._snapshot, self._bases)
+        self._pool._settled(self)
         for cell in self._cells:
             cell.stats = self._final
         if self._handover is not None and final is not None:
@@ -299,6 +300,7 @@ class RelayPool:
         self._on_timeout = on_timeout
         self._ids = count(1)
         self._open: dict[str, set[WorkerSession]] = {}  # call id -> its open sessions
+        self._unsettled: dict[str, set[WorkerSession]] = {}  # ... and those closing
         self._by_id: dict[int, WorkerSession] = {}  # open or closing sessions
         # snapshot token -> (session, its cell, the legs' bases then): `WorkerSession.snapshot`
         self._cells: dict[int, tuple[WorkerSession, StatsCell, dict[Side, LegStats | None]]] = {}
@@ -359,13 +361,18 @@ class RelayPool:
 
     async def settle(self, call_id: str | None = None) -> None:
         """Wait until every worker has answered every order sent so far (finals included);
-        `totals` are then up to date too. With `call_id`, the counters of that call's
-        sessions still open are fresh as well (what its call record needs)."""
-        if call_id is not None:  # (closing ones send their final counters anyway)
-            for session in self._open.get(call_id, ()):
+        `totals` are then up to date too. With `call_id`, only until that call's counters
+        are final, or fresh for its sessions still open (what its call record needs): no
+        wait at all once they are."""
+        workers = self.workers
+        if call_id is not None:
+            for session in self._open.get(call_id, ()):  # closing ones send finals anyway
                 session.worker.send(("push", [session.sid]))
+            waiting = {s.worker for s in self._unsettled.get(call_id, ())}
+            waiting.update(entry[0].worker for entry in self._cells.values())
+            workers = [w for w in workers if w in waiting]
         n = next(self._ids)
-        pings = [w.ping(n) for w in self.workers if w.alive]
+        pings = [w.ping(n) for w in workers if w.alive]
         if pings:
             await asyncio.wait(pings, timeout=SETTLE_TIMEOUT)
 
@@ -437,6 +444,7 @@ class RelayPool:
     ) -> WorkerSession:
         session = WorkerSession(self, worker, next(self._ids), call_id, legs, on_timeout)
         self._open.setdefault(call_id, set()).add(session)
+        self._unsettled.setdefault(call_id, set()).add(session)
         self._by_id[session.sid] = session
         worker.sessions.add(session)
         self._sessions_total += 1
@@ -481,6 +489,14 @@ class RelayPool:
         bases = {side: leg.base for side, leg in session._legs.items()}
         self._cells[token] = (session, cell, bases)
         session.worker.send(("snap", session.sid, token))
+
+    def _settled(self, session: WorkerSession) -> None:
+        """`session`'s final counters are in (or its worker died)."""
+        group = self._unsettled.get(session.call_id)
+        if group is not None:
+            group.discard(session)
+            if not group:
+                del self._unsettled[session.call_id]
 
     def _left(self, session: WorkerSession) -> None:
         """`session` is closed for the switch (its final counters may still be on the way)."""
