@@ -70,7 +70,7 @@ def test_answer_and_hang_up_counts_the_callers_rtp(daemon: Daemon, work: Path) -
     assert a["lost"] == 0
     daemon.wait_metric("softswitch_calls_total", 1, disposition="answered")
     daemon.wait_metric("softswitch_calls_active", 0)
-    assert daemon.metric("softswitch_rtp_packets_total", direction="in") == a["packets_in"]
+    daemon.wait_metric("softswitch_rtp_packets_total", a["packets_in"], direction="in")
     (ended,) = [e for e in daemon.events_named("leg ended") if e["leg"] == "the caller"]
     assert (ended["by_phone"], ended["cause"]) == (False, 16)
 
