@@ -39,7 +39,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from ipaddress import ip_address
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import structlog
 
@@ -48,6 +48,7 @@ from media.forward import Poller, Port, RtpPort, bind_udp
 from media.latch import Latch, normalize
 from media.ports import PortAllocator, PortsExhausted
 from media.stats import (
+    LEG_COUNTERS,
     Addr,
     LegStats,
     LocalMedia,
@@ -216,6 +217,18 @@ class RelaySession:
         leg.rtcp.close()
         return final
 
+    def counts(self) -> tuple[int, ...]:
+        """Leg A's counters then leg B's, in `LEG_COUNTERS` order: `stats` without the objects
+        (what a media worker sends the switch every few seconds for each session)."""
+        return self._counts(Side.A) + self._counts(Side.B)
+
+    def _counts(self, side: Side) -> tuple[int, ...]:
+        leg, other = self._legs[side], self._legs[side.other]
+        rtp, rtcp = leg.rtp, leg.rtcp
+        return (rtp.packets, rtp.octets, other.rtp.sent, other.rtp.sent_octets, rtcp.packets,
+                other.rtcp.sent, rtp.lost(), rtp.foreign + rtcp.foreign,
+                rtp.dropped + rtcp.dropped)  # fmt: skip
+
     def stats(self) -> SessionStats:
         if self._final is not None:
             return self._final
@@ -242,24 +255,16 @@ class RelaySession:
 
     def _leg_stats(self, side: Side) -> LegStats:
         leg = self._legs[side]
-        other = self._legs[side.other]
         rtp = leg.rtp
         last_at = None
         if rtp.last_arrival:
             last_at = time.time() - (time.monotonic() - rtp.last_arrival)
+        counts: dict[str, Any] = dict(zip(LEG_COUNTERS, self._counts(side), strict=True))
         return LegStats(
             side=side,
             local=leg.local,
-            packets_in=rtp.packets,
-            bytes_in=rtp.octets,
-            packets_out=other.rtp.sent,
-            bytes_out=other.rtp.sent_octets,
-            rtcp_packets_in=leg.rtcp.packets,
-            rtcp_packets_out=other.rtcp.sent,
-            lost=rtp.lost(),
+            **counts,
             jitter_ms=rtp.jitter / rtp.rate * 1000.0,
-            foreign_packets=rtp.foreign + leg.rtcp.foreign,
-            dropped_packets=rtp.dropped + leg.rtcp.dropped,
             remote=leg.remote,
             latched=rtp.latch.dest,
             rtcp_latched=leg.rtcp.latch.dest,
@@ -416,21 +421,13 @@ class Relay:
         return session
 
     def totals(self) -> RelayTotals:
-        # The live sessions' counters straight from their ports (what `stats` reports, added
-        # up): a media worker sends these every second, so no objects per session.
+        # The live sessions' counters straight from their ports (`counts`, not `stats`): a
+        # media worker sends these every second, so no objects per session.
         live = [0] * len(self._done)
+        width = len(live)
         for session in self._sessions:
-            for leg in session._legs.values():
-                rtp, rtcp = leg.rtp, leg.rtcp
-                live[0] += rtp.packets
-                live[1] += rtp.octets
-                live[2] += rtp.sent
-                live[3] += rtp.sent_octets
-                live[4] += rtcp.packets
-                live[5] += rtcp.sent
-                live[6] += rtp.lost()
-                live[7] += rtp.foreign + rtcp.foreign
-                live[8] += rtp.dropped + rtcp.dropped
+            for i, value in enumerate(session.counts()):
+                live[i % width] += value
         t = [done + now for done, now in zip(self._done, live, strict=True)]
         clock = time.monotonic()
         return RelayTotals(
@@ -585,14 +582,4 @@ class Relay:
 
 
 def _leg_totals(leg: LegStats) -> tuple[int, ...]:
-    return (
-        leg.packets_in,
-        leg.bytes_in,
-        leg.packets_out,
-        leg.bytes_out,
-        leg.rtcp_packets_in,
-        leg.rtcp_packets_out,
-        leg.lost,
-        leg.foreign_packets,
-        leg.dropped_packets,
-    )
+    return tuple(getattr(leg, name) for name in LEG_COUNTERS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 Addr = tuple[str, int]
 
@@ -61,6 +61,20 @@ class LegStats:
     ssrc: int | None  # of the stream this phone sends
     last_packet_at: float | None  # UNIX time of the last RTP packet from this phone
     on_hold: bool
+
+
+# The counters of a leg (LegStats fields that add up), in the order `RelaySession.counts` gives.
+LEG_COUNTERS: Final = (
+    "packets_in",
+    "bytes_in",
+    "packets_out",
+    "bytes_out",
+    "rtcp_packets_in",
+    "rtcp_packets_out",
+    "lost",
+    "foreign_packets",
+    "dropped_packets",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,7 +21,8 @@ engine) as JSON, NAME how its log lines say which worker they come from. It runs
 ``{side: (remote arguments or None, on hold)}``. The worker tells the switch:
 
     ("final", sid, SessionStats)     a session closed (close, join, detach, adopt_join)
-    ("stats", [(sid, SessionStats)]) every 5 s for the sessions open, and when asked ("push")
+    ("counts", [(sid, counters)])    every 5 s for the sessions open (RelaySession.counts)
+    ("stats", [(sid, SessionStats)]) when asked ("push")
     ("snap", token, SessionStats)    the counters a "snap" asked for (None: no such session)
     ("totals", RelayTotals)          every second
     ("timeout", sid, MediaTimeout)
@@ -37,6 +38,7 @@ sockets when a session ends. It exits when the channel closes (the switch stoppe
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -58,7 +60,7 @@ PUSH_EVERY: Final = 1.0  # seconds between pushes of the totals (what /metrics s
 # successor counts on from there); call records get theirs by "push" orders and finals.
 STATS_EVERY: Final = 5.0
 _WITH_SOCKETS: Final = frozenset({"adopt", "adopt_join", "ep_new"})  # orders that bring some
-_CHUNK: Final = 100  # sessions per "stats" message, and per turn of the loop
+_CHUNK: Final = 200  # sessions per "counts" message, and per turn of the loop
 
 log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
@@ -209,22 +211,24 @@ class Worker:
         self.channel.send(("pong", n, self.relay.totals()))
 
     def _send_counters(self, sids: list[int] | None = None) -> None:
-        """The counters of sessions `sids` (None: all, a chunk per turn of the loop, so the
-        packets of thousands of calls are not held up), then the totals."""
+        """The counters of sessions `sids` (None: the counts of all, a chunk per turn of the
+        loop, so the packets of thousands of calls are not held up), then the totals."""
         sessions = self.sessions
-        if sids is not None:
-            items = [(sid, sessions[sid].stats()) for sid in sids if sid in sessions]
-            self.channel.send(("stats", items))
-        else:
-            self._send_chunks(list(sessions))
+        self._send_chunks(list(sessions) if sids is None else sids, full=True)
         self._send_totals()
 
-    def _send_chunks(self, sids: list[int]) -> None:
+    def _send_chunks(self, sids: list[int], *, full: bool = False) -> None:
+        """Full figures ("stats") or the counters only ("counts") of the sessions `sids`."""
         chunk, rest = sids[:_CHUNK], sids[_CHUNK:]
         sessions = self.sessions
-        self.channel.send(("stats", [(s, sessions[s].stats()) for s in chunk if s in sessions]))
+        if full:
+            self.channel.send(("stats", [(s, sessions[s].stats()) for s in chunk if s in sessions]))
+        else:
+            counts = [(s, sessions[s].counts()) for s in chunk if s in sessions]
+            self.channel.send(("counts", counts))
         if rest:
-            asyncio.get_running_loop().call_soon(self._send_chunks, rest)
+            asyncio.get_running_loop().call_soon(functools.partial(self._send_chunks, rest,
+                                                                   full=full))  # fmt: skip
 
     def _send_totals(self) -> None:
         self.channel.send(("totals", self.relay.totals()))

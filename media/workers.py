@@ -54,6 +54,7 @@ from media.ports import PortAllocator, PortsExhausted
 from media.relay import TimeoutHandler, bind_pair
 from media.remote import RemoteEngine
 from media.stats import (
+    LEG_COUNTERS,
     LegStats,
     LocalMedia,
     MediaTimeout,
@@ -72,8 +73,6 @@ Command = Callable[[int, str, str], list[str]]  # (channel fd, relay config JSON
 SETTLE_TIMEOUT: Final = 2.0  # a worker that does not answer a ping by then is not waited for
 RESTART_DELAY: Final = 1.0  # a worker that died young is restarted after this
 _YOUNG: Final = 5.0
-_IN: Final = ("packets_in", "bytes_in", "rtcp_packets_in", "lost", "foreign_packets",
-              "dropped_packets")  # fmt: skip
 _OUT: Final = ("packets_out", "bytes_out", "rtcp_packets_out")
 _ENGINE_EVENTS: Final = frozenset({"done", "rec_done", "digit", "info", "engine"})
 
@@ -120,7 +119,8 @@ class WorkerSession:
         self.call_id = call_id
         self._legs = legs
         self._on_timeout = on_timeout
-        self._snapshot: SessionStats | None = None
+        self._snapshot: SessionStats | None = None  # the last figures the worker sent ...
+        self._counts: tuple[int, ...] | None = None  # ... or its last counts, if newer
         self._final: SessionStats | None = None
         self._bases: dict[Side, LegStats | None] | None = None  # frozen at close
         self._moved: set[Side] = set()
@@ -171,7 +171,7 @@ class WorkerSession:
     def stats(self) -> SessionStats:
         if self._final is not None:
             return self._final
-        return self._with_bases(self._snapshot, self._bases)
+        return self._with_bases(self._latest(), self._bases)
 
     def snapshot(self) -> StatsCell:
         """The counters now: the worker's figures for this moment replace the latest reported
@@ -205,7 +205,7 @@ class WorkerSession:
             return
         if self._bases is None:
             self._closing()
-        self._final = self._with_bases(final or self._snapshot, self._bases)
+        self._final = self._with_bases(final or self._latest(), self._bases)
         self._pool._settled(self)
         for cell in self._cells:
             cell.stats = self._final
@@ -215,6 +215,22 @@ class WorkerSession:
         for side, leg in self._legs.items():
             if side not in self._moved:
                 self._pool._release(leg)
+
+    def _latest(self) -> SessionStats | None:
+        """The last figures the worker reported (full ones, or the counts of its periodic
+        report, whichever came later): what a dead worker's successor counts on from."""
+        counts, self._counts = self._counts, None
+        if counts is None:
+            return self._snapshot
+        legs = {}
+        before = self._snapshot
+        for side, leg in self._legs.items():
+            values = counts[:9] if side is Side.A else counts[9:]
+            named: dict[str, Any] = dict(zip(LEG_COUNTERS, values, strict=True))
+            known = None if before is None else (before.a if side is Side.A else before.b)
+            legs[side] = replace(known or _zero(side, leg), **named)
+        self._snapshot = SessionStats(call_id=self.call_id, a=legs[Side.A], b=legs[Side.B])
+        return self._snapshot
 
     def _with_bases(
         self, now: SessionStats | None, bases: dict[Side, LegStats | None] | None
@@ -517,11 +533,16 @@ class RelayPool:
         for sock in socks:  # workers send none; never leak one
             sock.close()
         op = message[0]
-        if op == "stats":
+        if op == "counts":
+            for sid, counts in message[1]:
+                session = self._by_id.get(sid)
+                if session is not None:
+                    session._counts = counts
+        elif op == "stats":
             for sid, stats in message[1]:
                 session = self._by_id.get(sid)
                 if session is not None:
-                    session._snapshot = stats
+                    session._snapshot, session._counts = stats, None
         elif op == "final":
             session = self._by_id.pop(message[1], None)
             if session is not None:
@@ -594,8 +615,8 @@ class RelayPool:
                 self._by_id.pop(session.sid, None)
                 session._finished(None)
                 continue
+            now = session._latest()
             for side, leg in session._legs.items():
-                now = session._snapshot
                 if now is not None:
                     leg.base = _plus(leg.base, now.a if side is Side.A else now.b)
             session._snapshot = None
@@ -651,7 +672,9 @@ def _plus(base: LegStats | None, now: LegStats) -> LegStats:
     """`now` with the counters of `base` (an earlier worker or session) added in."""
     if base is None:
         return now
-    added: dict[str, Any] = {name: getattr(base, name) + getattr(now, name) for name in _IN + _OUT}
+    added: dict[str, Any] = {
+        name: getattr(base, name) + getattr(now, name) for name in LEG_COUNTERS
+    }
     return replace(now, **added)
 
 
