@@ -168,7 +168,7 @@ async def run_relay(args: argparse.Namespace) -> None:
             _reply({"ports": ports})
         elif request["op"] == "totals":
             if isinstance(relay, RelayPool):
-                await_totals = asyncio.ensure_future(relay.settle())
+                await_totals = asyncio.ensure_future(relay.refresh())
                 await_totals.add_done_callback(lambda _: _reply(dataclasses.asdict(relay.totals())))
                 return
             _reply(dataclasses.asdict(relay.totals()))

@@ -59,7 +59,7 @@ from media.stats import (
     StatsCell,
 )
 
-__all__ = ["PortsExhausted", "Relay", "RelaySession", "bind_pair"]
+__all__ = ["PortsExhausted", "Relay", "RelaySession", "add_counts", "bind_pair"]
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
@@ -420,14 +420,13 @@ class Relay:
         self._sessions_total += 1
         return session
 
-    def totals(self) -> RelayTotals:
-        # The live sessions' counters straight from their ports (`counts`, not `stats`): a
-        # media worker sends these every second, so no objects per session.
-        live = [0] * len(self._done)
-        width = len(live)
-        for session in self._sessions:
-            for i, value in enumerate(session.counts()):
-                live[i % width] += value
+    def totals(self, live: list[int] | None = None) -> RelayTotals:
+        """Counters of the sessions closed and open. `live`: the open sessions' `counts`
+        already added up (by `add_counts`; a media worker does it a chunk at a time)."""
+        if live is None:
+            live = [0] * len(self._done)
+            for session in self._sessions:
+                add_counts(live, session.counts())
         t = [done + now for done, now in zip(self._done, live, strict=True)]
         clock = time.monotonic()
         return RelayTotals(
@@ -579,6 +578,13 @@ class Relay:
         for session in list(self._sessions):
             session._check_timeout(now, config.timeout, config.silent_timeout)
         self._timer = self._loop.call_later(self._check_every, self._check_timeouts)
+
+
+def add_counts(total: list[int], counts: tuple[int, ...]) -> None:
+    """Add a session's `counts` (both legs) into `total` (one leg's width)."""
+    width = len(total)
+    for i, value in enumerate(counts):
+        total[i % width] += value
 
 
 def _leg_totals(leg: LegStats) -> tuple[int, ...]:

@@ -24,9 +24,9 @@ engine) as JSON, NAME how its log lines say which worker they come from. It runs
     ("counts", [(sid, counters)])    every 5 s for the sessions open (RelaySession.counts)
     ("stats", [(sid, SessionStats)]) when asked ("push")
     ("snap", token, SessionStats)    the counters a "snap" asked for (None: no such session)
-    ("totals", RelayTotals)          every second
+    ("totals", RelayTotals)          every second, and after a "push" of every session
     ("timeout", sid, MediaTimeout)
-    ("pong", n, RelayTotals)         everything sent before the ping is done and answered
+    ("pong", n)                      everything sent before the ping is done and answered
     ("error", sid, text)             an order that failed (the session is closed)
 
 With an engine, the orders of `media.worker_engine` too.
@@ -51,8 +51,8 @@ import structlog
 
 from media.channel import Channel, Message
 from media.config import RelayConfig
-from media.relay import Relay, RelaySession
-from media.stats import LocalMedia, MediaTimeout, Side
+from media.relay import Relay, RelaySession, add_counts
+from media.stats import LEG_COUNTERS, LocalMedia, MediaTimeout, Side
 from media.worker_engine import EngineOrders, EngineSettings
 
 PUSH_EVERY: Final = 1.0  # seconds between pushes of the totals (what /metrics shows)
@@ -60,7 +60,7 @@ PUSH_EVERY: Final = 1.0  # seconds between pushes of the totals (what /metrics s
 # successor counts on from there); call records get theirs by "push" orders and finals.
 STATS_EVERY: Final = 5.0
 _WITH_SOCKETS: Final = frozenset({"adopt", "adopt_join", "ep_new"})  # orders that bring some
-_CHUNK: Final = 200  # sessions per "counts" message, and per turn of the loop
+_CHUNK: Final = 100  # sessions per turn of the loop (and per "counts" message)
 
 log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
@@ -208,39 +208,49 @@ class Worker:
         self.channel.send(("snap", token, None if session is None else session.stats()))
 
     def _ping(self, n: int) -> None:
-        self.channel.send(("pong", n, self.relay.totals()))
+        self.channel.send(("pong", n))
 
     def _send_counters(self, sids: list[int] | None = None) -> None:
-        """The counters of sessions `sids` (None: the counts of all, a chunk per turn of the
-        loop, so the packets of thousands of calls are not held up), then the totals."""
+        """Full figures of sessions `sids` now; None: of every session, then the totals."""
+        if sids is None:
+            self._report(list(self.sessions), full=True)
+            return
         sessions = self.sessions
-        self._send_chunks(list(sessions) if sids is None else sids, full=True)
-        self._send_totals()
-
-    def _send_chunks(self, sids: list[int], *, full: bool = False) -> None:
-        """Full figures ("stats") or the counters only ("counts") of the sessions `sids`."""
-        chunk, rest = sids[:_CHUNK], sids[_CHUNK:]
-        sessions = self.sessions
-        if full:
-            self.channel.send(("stats", [(s, sessions[s].stats()) for s in chunk if s in sessions]))
-        else:
-            counts = [(s, sessions[s].counts()) for s in chunk if s in sessions]
-            self.channel.send(("counts", counts))
-        if rest:
-            asyncio.get_running_loop().call_soon(functools.partial(self._send_chunks, rest,
-                                                                   full=full))  # fmt: skip
-
-    def _send_totals(self) -> None:
-        self.channel.send(("totals", self.relay.totals()))
-        if self.engine is not None:
-            self.channel.send(("engine", self.engine.counters()))
+        self.channel.send(("stats", [(s, sessions[s].stats()) for s in sids if s in sessions]))
 
     def _push(self) -> None:
         self._pushes += 1
-        if self._pushes % round(STATS_EVERY / PUSH_EVERY) == 0:
-            self._send_chunks(list(self.sessions))
-        self._send_totals()
+        counts = self._pushes % round(STATS_EVERY / PUSH_EVERY) == 0
+        self._report(list(self.sessions), counts=counts)
         self._pusher = asyncio.get_running_loop().call_later(PUSH_EVERY, self._push)
+
+    def _report(
+        self, sids: list[int], *, full: bool = False, counts: bool = False,
+        live: list[int] | None = None,
+    ) -> None:  # fmt: skip
+        """The totals, after adding up every session's counters a chunk per turn of the loop
+        (thousands of sessions would hold packets up for milliseconds at once); with the
+        sessions' counters ("counts") or full figures ("stats") on the way."""
+        live = live if live is not None else [0] * len(LEG_COUNTERS)
+        chunk, rest = sids[:_CHUNK], sids[_CHUNK:]
+        sessions = self.sessions
+        got = [(s, sessions[s]) for s in chunk if s in sessions]
+        rows = []
+        for s, session in got:
+            row = session.counts()
+            add_counts(live, row)
+            rows.append((s, row))
+        if full:
+            self.channel.send(("stats", [(s, session.stats()) for s, session in got]))
+        elif counts:
+            self.channel.send(("counts", rows))
+        if rest:
+            more = functools.partial(self._report, rest, full=full, counts=counts, live=live)
+            asyncio.get_running_loop().call_soon(more)
+            return
+        self.channel.send(("totals", self.relay.totals(live)))
+        if self.engine is not None:
+            self.channel.send(("engine", self.engine.counters()))
 
 
 async def serve(fd: int, config: RelayConfig, engine: EngineSettings | None = None) -> None:

@@ -51,7 +51,7 @@ from media.channel import Channel, Message, pair
 from media.config import RelayConfig
 from media.latch import normalize
 from media.ports import PortAllocator, PortsExhausted
-from media.relay import TimeoutHandler, bind_pair
+from media.relay import JITTER_BOUNDS_MS, TimeoutHandler, bind_pair
 from media.remote import RemoteEngine
 from media.stats import (
     LEG_COUNTERS,
@@ -252,6 +252,7 @@ class _Worker:
         self.totals: RelayTotals | None = None
         self.started = time.monotonic()
         self._pings: dict[int, asyncio.Future[None]] = {}
+        self._totals_waiters: list[asyncio.Future[None]] = []
         mine, theirs = pair()
         try:
             self.process = subprocess.Popen(
@@ -281,11 +282,24 @@ class _Worker:
         if future is not None and not future.done():
             future.set_result(None)
 
+    def next_totals(self) -> asyncio.Future[None]:
+        """Done when the worker's next totals come."""
+        future = asyncio.get_running_loop().create_future()
+        self._totals_waiters.append(future)
+        return future
+
+    def totals_came(self) -> None:
+        waiters, self._totals_waiters = self._totals_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
     def forget_pings(self) -> None:
         for future in self._pings.values():
             if not future.done():
                 future.set_result(None)
         self._pings.clear()
+        self.totals_came()
 
 
 class RelayPool:
@@ -376,10 +390,10 @@ class RelayPool:
             raise MediaUnavailable(f"media workers did not start: {', '.join(dead) or 'no answer'}")
 
     async def settle(self, call_id: str | None = None) -> None:
-        """Wait until every worker has answered every order sent so far (finals included);
-        `totals` are then up to date too. With `call_id`, only until that call's counters
-        are final, or fresh for its sessions still open (what its call record needs): no
-        wait at all once they are."""
+        """Wait until every worker has answered every order sent so far (finals included).
+        With `call_id`, only until that call's counters are final, or fresh for its sessions
+        still open (what its call record needs): no wait at all once they are. `totals`
+        follow within a second (`refresh` to have them now)."""
         workers = self.workers
         if call_id is not None:
             for session in self._open.get(call_id, ()):  # closing ones send finals anyway
@@ -393,11 +407,14 @@ class RelayPool:
             await asyncio.wait(pings, timeout=SETTLE_TIMEOUT)
 
     async def refresh(self) -> None:
-        """Have every worker send its counters now (rather than within the second)."""
+        """Have every worker send every session's figures and its totals now."""
+        waits = []
         for worker in self.workers:
             if worker.alive:
+                waits.append(worker.next_totals())
                 worker.send(("push", None))
-        await self.settle()
+        if waits:
+            await asyncio.wait(waits, timeout=SETTLE_TIMEOUT)
 
     def totals(self) -> RelayTotals:
         total = _TotalsSum()
@@ -555,10 +572,10 @@ class RelayPool:
                 cell.stats = session._with_bases(message[2], bases)
         elif op == "totals":
             worker.totals = message[1]
+            worker.totals_came()
         elif op == "timeout":
             self._timeout(message[1], message[2])
         elif op == "pong":
-            worker.totals = message[2]
             worker.pong(message[1])
         elif op in _ENGINE_EVENTS:
             if self.engine is not None:
@@ -644,14 +661,13 @@ class _TotalsSum:
         self.totals: dict[str, Any] = {
             f.name: 0 for f in fields(RelayTotals) if f.name not in self._OWN
         }
-        self.totals["jitter_buckets"] = ()
+        self.totals["jitter_buckets"] = (0,) * (len(JITTER_BOUNDS_MS) + 1)
         self.totals["jitter_sum_ms"] = 0.0
 
     def add(self, totals: dict[str, Any]) -> None:
         for name, value in self.totals.items():
             extra = totals[name]
             if name == "jitter_buckets":
-                value = value or (0,) * len(extra)
                 self.totals[name] = tuple(a + b for a, b in zip(value, extra, strict=True))
             else:
                 self.totals[name] = value + extra

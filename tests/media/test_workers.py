@@ -90,6 +90,7 @@ async def test_relays_both_ways_and_the_final_counters_come_back(
     await pool.settle()
     final = session.stats()
     assert (final.a.packets_in, final.b.packets_out, final.a.bytes_in) == (6, 6, 6 * 172)
+    await pool.refresh()
     totals = pool.totals()
     assert (totals.rtp_packets_in, totals.sessions, totals.pairs_in_use) == (12, 0, 0)
 
