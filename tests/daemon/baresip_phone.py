@@ -122,8 +122,8 @@ class Baresip:
             f"sip_listen\t127.0.0.1:{free_port(both=True)}",
             "net_interface\t127.0.0.1",
             f"module_path\t{MODULES}",
-            # RTP below the ephemeral range (32768-60999 here), where free_port finds the
-            # daemon's ports, and below the daemon's media ports (30000-39999).
+            # RTP below the ephemeral range (32768-60999 here), above the ports free_port hands
+            # out (10000-19999), and below the daemon's media ports (30000-39999).
             f"rtp_ports\t{RTP_PORTS}",
         ]
         if source is not None:

@@ -9,6 +9,7 @@ Every wait here is bounded in time; nothing polls forever.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -35,21 +36,34 @@ USERS = {
 }
 
 
+# Ports the tests hand to peers come from below the kernel's ephemeral range
+# (32768-60999 here) and below baresip's RTP range (20000-29999): a port taken from
+# the ephemeral range could be handed to someone's outgoing connection between the
+# check here and the peer's own bind ("Address already in use" in baresip, once).
+TEST_PORTS = range(10000, 20000)
+# Steps of 4: a peer given port P may also take P+1..P+3 (sipp's RTCP and video ports).
+PORT_STEP = 4
+_first_port = (os.getpid() * 7919) % len(TEST_PORTS) // PORT_STEP * PORT_STEP
+_next_port = itertools.count(_first_port, PORT_STEP)
+
+
 def free_port(host: str = "127.0.0.1", *, both: bool = False) -> int:
-    """A port nobody listens on now: TCP, and with `both` also free for UDP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            if not both:
-                return int(port)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free port found in 50 tries")
+    """A port nobody listens on now: TCP, and with `both` also free for UDP.
+
+    Ports go round `TEST_PORTS` so one test run does not hand the same port out twice
+    while its last holder may still be closing, nor its neighbours.
+    """
+    for _ in range(200):
+        port = TEST_PORTS[next(_next_port) % len(TEST_PORTS)]
+        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if both else (socket.SOCK_STREAM,)
+        try:
+            for kind in kinds:
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port found in 200 tries in {TEST_PORTS}")
 
 
 def wait_until(
