@@ -109,14 +109,17 @@ class ServerRequest:
 class OkUntilAck:
     """Our 2xx to an INVITE, sent again until its ACK comes (RFC 3261 §13.3.1.4).
 
-    The INVITE server transaction ends at its 2xx, so the user-agent core resends it: over
-    UDP after T1, doubling up to T2; over a reliable transport never (the transport carries
-    it), but the wait is the same. No ACK within 64*T1 calls ``on_timeout``: the caller is
-    gone, and the core ends the dialog (BYE). ``acked`` stops it, and drops its references
-    (the callback is usually bound to a call: it must not outlive it).
+    The INVITE server transaction ends at its 2xx, so the user-agent core resends it after
+    T1, doubling up to T2, whatever the transport: the 2xx travels end to end and a hop
+    past the next one may be UDP. Over a stream it goes on the connection the INVITE came
+    in on, or, when that one has closed, over a new one to the Via's sent-by (§18.2.2): a
+    phone whose TCP connection broke before our 2xx reached it still gets it. No ACK within
+    64*T1 calls ``on_timeout``: the caller is gone, and the core ends the dialog (BYE).
+    ``acked`` stops it, and drops its references (the callback is usually bound to a call:
+    it must not outlive it).
     """
 
-    __slots__ = ("_endpoint", "_ok", "_on_timeout", "_peer", "_timer")
+    __slots__ = ("_connect_to", "_endpoint", "_ok", "_on_timeout", "_peer", "_timer")
 
     def __init__(
         self, incoming: ServerRequest, ok: Response, on_timeout: Callable[[], None]
@@ -124,11 +127,9 @@ class OkUntilAck:
         self._endpoint: SipEndpoint | None = incoming.endpoint
         self._ok = ok
         self._on_timeout: Callable[[], None] | None = on_timeout
-        self._peer: Peer | None = (
-            None
-            if incoming.peer.reliable
-            else response_peer(incoming.request.top_via, incoming.peer)
-        )
+        via = incoming.request.top_via
+        self._peer = response_peer(via, incoming.peer)
+        self._connect_to = response_fallback(via, incoming.peer)
         self._timer: asyncio.TimerHandle | None = None
         self._arm(incoming.endpoint.t1, 0.0)
 
@@ -143,9 +144,10 @@ class OkUntilAck:
 
     def _arm(self, interval: float, waited: float) -> None:
         assert self._endpoint is not None
-        step = interval if self._peer is not None else self._endpoint.t1
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(step, self._fire, min(2 * interval, T2), waited + step)
+        self._timer = loop.call_later(
+            interval, self._fire, min(2 * interval, T2), waited + interval
+        )
 
     def _fire(self, interval: float, waited: float) -> None:
         endpoint, on_timeout = self._endpoint, self._on_timeout
@@ -155,8 +157,7 @@ class OkUntilAck:
             self.acked()
             on_timeout()
             return
-        if self._peer is not None:
-            endpoint.transports.send(bytes(self._ok), self._peer)
+        endpoint.transports.send(bytes(self._ok), self._peer, connect_to=self._connect_to)
         self._arm(interval, waited)
 
 

@@ -184,7 +184,7 @@ class Call:
         self.transfers: list[TransferRecord] = []  # every change of party, for the record
         self.departed: dict[DialogId, Departed] = {}  # transferors' legs waiting for BYE
         self.unacked: dict[DialogId, OkUntilAck] = {}  # our 2xx to an INVITE with Replaces
-        self._a_ok: OkUntilAck | None = None  # our 2xx to A, until A's ACK (UDP)
+        self._a_ok: OkUntilAck | None = None  # our 2xx to A, until A's ACK
         self._reinvite: Reinvite | None = None
         self._b_ack: int | None = None  # late offer: the CSeq of B's 2xx, ACKed with A's answer
         self._held_back: ServerRequest | None = None  # B's re-INVITE, until A's ACK comes
@@ -281,8 +281,7 @@ class Call:
         self.a_dialog = Dialog.uas(a.request, ok, contact)
         self.dialogs[self.a_dialog.id] = self
         self._emit(CCEventConnect())
-        if not a.peer.reliable:
-            self._a_ok = OkUntilAck(a, ok, self._no_ack)
+        self._a_ok = OkUntilAck(a, ok, self._no_ack)
 
     def _fail(self, status: int, reason: str) -> None:
         if self.state not in (CallState.TRYING, CallState.RINGING):
@@ -455,8 +454,7 @@ class Call:
             self._reinvite = None  # the transactions ACK non-2xx finals (§17.1.1.3, §17.2.1)
             return
         reinvite.ok, reinvite.ack_cseq = ours, response.cseq.number
-        if not incoming.peer.reliable:
-            reinvite.wait = OkUntilAck(incoming, ours, self._no_reinvite_ack)
+        reinvite.wait = OkUntilAck(incoming, ours, self._no_reinvite_ack)
 
     def _no_reinvite_ack(self) -> None:
         log.info("no ACK for a re-INVITE", call_id=self.id)

@@ -209,6 +209,15 @@ class B2bua:
             placed = self._from_phone(incoming)
         if placed is None or isinstance(placed, Response):
             return placed
+        # §8.1.1.8, §12.1.1: the caller's dialog needs its Contact (the remote target). Checked
+        # before the call starts, not when it is answered; after routing, so a request for a
+        # domain or number not served here gets that answer first.
+        try:
+            contacts = request.contacts
+        except ParseError as exc:
+            return request.response(400, str(exc)[:120], to_tag)
+        if len(contacts) != 1 or contacts[0].address is None:
+            return request.response(400, "INVITE needs one Contact", to_tag)
         if isinstance(placed, Handling):
             return self._start_handled(incoming, placed)
         return self._start(incoming, placed)

@@ -460,8 +460,7 @@ def replace(call: Call, side: Side, incoming: ServerRequest, user: str) -> None:
     ok.body = answer
     incoming.respond(ok)
     dialog = Dialog.uas(request, ok, call.endpoint.contact_for(incoming.peer))
-    if not incoming.peer.reliable:
-        call.unacked[dialog.id] = OkUntilAck(incoming, ok, functools.partial(call.hang_up, None))
+    call.unacked[dialog.id] = OkUntilAck(incoming, ok, functools.partial(call.hang_up, None))
     record = TransferRecord(Kind.REPLACES, side, None, user, status=200)
     record.replaced_counters = record.before_counters = LegCounters(replaced, side)
     record.joined_at, record.peer, record.sip_call_id = time.time(), incoming.peer, request.call_id

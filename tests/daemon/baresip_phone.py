@@ -100,7 +100,7 @@ class Baresip:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: Daemon | None,
         folder: Path,
         user: str,
         *,
@@ -110,17 +110,24 @@ class Baresip:
         dial: str | None = None,
         keys: bool = False,
         limit: float = 30,
+        gateway: tuple[str, Path] | None = None,
     ) -> None:
+        """``gateway=(address, pem)``: not a phone of acme but a carrier's gateway on
+        ``address`` that registers nowhere and takes calls for the number ``user``, over UDP
+        and TCP on `sip_port` and over TLS on the next port (baresip's rule), with the
+        certificate and key in ``pem``."""
         program = require_baresip(*(AUDIO_MODULES if source is not None else ()))
         self.folder = folder
         self.user = user
         folder.mkdir(parents=True)
+        host = "127.0.0.1" if gateway is None else gateway[0]
+        self.sip_port = free_port(host, both=True)
         # Bound to loopback by address (this sandbox's libre cannot read the address of
         # "lo" by name).
         config = [
             "poll_method\tpoll",
-            f"sip_listen\t127.0.0.1:{free_port(both=True)}",
-            "net_interface\t127.0.0.1",
+            f"sip_listen\t{host}:{self.sip_port}",
+            f"net_interface\t{host}",
             f"module_path\t{MODULES}",
             # RTP below the ephemeral range (32768-60999 here), above the ports free_port hands
             # out (10000-19999), and below the daemon's media ports (30000-39999).
@@ -140,11 +147,17 @@ class Baresip:
             self.console = free_port(both=True)
             config += ["module\tcons.so", f"cons_listen\t127.0.0.1:{self.console}"]
         config += ["module_app\taccount.so", "module_app\tmenu.so"]
+        if gateway is not None:
+            config.append(f"sip_certificate\t{gateway[1]}")
+            # A call for `user` finds this account by the user part of its address.
+            account = f"<sip:{user}@{host}>;regint=0"
+        else:
+            assert daemon is not None, "a phone registers with a daemon"
+            account = (
+                f"<sip:{user}@acme.example>;auth_pass={USERS[user]};"
+                f'outbound="sip:127.0.0.1:{daemon.sip_port}";regint=60'
+            )
         (folder / "config").write_text("\n".join(config) + "\n")
-        account = (
-            f"<sip:{user}@acme.example>;auth_pass={USERS[user]};"
-            f'outbound="sip:127.0.0.1:{daemon.sip_port}";regint=60'
-        )
         if codecs:
             account += ";audio_codecs=" + ",".join(codecs)
         if answer:
@@ -178,6 +191,10 @@ class Baresip:
                 for press in (key, RELEASE):
                     sock.sendto(press.encode(), ("127.0.0.1", self.console))
                     time.sleep(KEY_MS / 1000)
+
+    def ready(self, timeout: float = 10) -> None:
+        """Started and listening (a gateway registers nowhere: this is what there is)."""
+        self.wait_for(r"baresip is ready", timeout)
 
     def registered(self, timeout: float = 10) -> None:
         self.wait_for(r"\{0/UDP/v4\} 200 OK", timeout)
@@ -227,7 +244,7 @@ class Phones:
         self.tmp = tmp
         self.started: list[Baresip] = []
 
-    def start(self, daemon: Daemon, user: str, **kw: Any) -> Baresip:
+    def start(self, daemon: Daemon | None, user: str, **kw: Any) -> Baresip:
         phone = Baresip(daemon, self.tmp / f"baresip-{user}-{len(self.started)}", user, **kw)
         self.started.append(phone)
         return phone

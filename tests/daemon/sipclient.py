@@ -46,11 +46,15 @@ class SipClient:
         local_port: int = 0,
         tls: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: a stream connection the server opened to us (accepted), to use as is."""
         self.server = (host, port)
         self.transport = transport
         self.framer = StreamFramer()
-        if transport == "udp":
+        if sock is not None:
+            self.sock = sock
+        elif transport == "udp":
             self.sock: socket.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((local_host, local_port))
         else:
@@ -122,6 +126,10 @@ class SipClient:
         body: bytes = b"",
     ) -> tuple[bytes, str]:
         branch = "z9hG4bK" + secrets.token_hex(8)
+        if method == "INVITE" and not any(h.lower().startswith("contact:") for h in headers):
+            # §8.1.1.8: an INVITE names where the dialog's requests reach us
+            params = "" if self.transport == "udp" else f";transport={self.transport}"
+            headers = [*headers, f"Contact: <sip:{self.local[0]}:{self.local[1]}{params}>"]
         lines = [
             f"{method} {uri} SIP/2.0",
             f"Via: SIP/2.0/{self.transport.upper()} {self.local[0]}:{self.local[1]}"

@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from switch.sip.message import Response, parse_message
 from tests.daemon.harness import USERS, Daemon, options_ok
 from tests.daemon.sipclient import SipClient, contacts
 from tests.daemon.sipp import run_sipp
+from tests.daemon.test_calls import register_callee
+from tests.daemon.test_gateways import DID, INBOUND, Ports, with_gateways
 
 TORTURE = Path(__file__).resolve().parents[1] / "torture"
 INDEX = list(csv.DictReader((TORTURE / "INDEX.tsv").open(), delimiter="\t"))
@@ -87,6 +90,39 @@ def test_malformed_request_with_via_gets_400_naming_the_fault(daemon: Daemon) ->
     assert daemon.metric("softswitch_sip_parse_errors_total") == 2
     assert daemon.metric("softswitch_sip_responses_total", code="400") == 2
     assert options_ok(daemon.sip_port, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("contact", "reason"),
+    [
+        (None, "INVITE needs one Contact"),
+        ("Contact: *", "INVITE needs one Contact"),
+        ("Contact: <sip:a@127.0.0.1>, <sip:b@127.0.0.1>", "INVITE needs one Contact"),
+        ("Contact: <sip:a@127.0.0.1", "unterminated"),  # the parser refuses it first
+    ],
+)
+def test_an_invite_without_a_usable_contact_gets_400_before_anything_starts(
+    make_daemon: Callable[..., Daemon], work: Path, contact: str | None, reason: str
+) -> None:
+    # A gateway's INVITE to a DID would otherwise ring the callee and fail only at the
+    # answer, when the caller's dialog is made from its Contact (§12.1.1).
+    ports = Ports()
+    daemon = make_daemon(with_gateways(ports))
+    register_callee(daemon, work)  # 102, which the DID rings
+    with SipClient(daemon.sip_port, local_host=INBOUND, local_port=ports.inbound) as client:
+        data, branch = client.build(
+            "INVITE", f"sip:{DID}@127.0.0.1", from_uri=f"sip:+79161234567@{INBOUND}",
+            to_uri=f"sip:{DID}@127.0.0.1", call_id=f"{secrets.token_hex(4)}@carrier", cseq=1,
+        )  # fmt: skip
+        head, _, rest = data.partition(b"\r\nContact: ")
+        data = head + rest.partition(b"\r\n")[1] + rest.partition(b"\r\n")[2]
+        if contact is not None:
+            data = data.replace(b"\r\nUser-Agent", f"\r\n{contact}\r\nUser-Agent".encode())
+        exchange = client.transact(data, branch, timeout=2)
+    assert exchange.status == 400, exchange.raw
+    assert exchange.response is not None and reason in exchange.response.reason
+    assert daemon.events_named("core failed") == []
+    assert daemon.metric("softswitch_calls_active") == 0
 
 
 def test_unframeable_stream_is_closed_and_tcp_still_served(daemon: Daemon) -> None:
