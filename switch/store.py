@@ -220,7 +220,7 @@ async def open_store(url: str, *, migrate: bool = True) -> Store:
     Each migration step is logged. ``migrate=False`` leaves the schema alone (for
     ``softswitch migrate``, which runs and reports the steps itself).
     """
-    parsed = _driver_url(url)
+    parsed = driver_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,8 @@ async def open_store(url: str, *, migrate: bool = True) -> Store:
     return store
 
 
-def _driver_url(url: str) -> URL:
+def driver_url(url: str) -> URL:
+    """The SQLAlchemy URL of an operator's storage URL: the driver we use for its database."""
     parsed = make_url(url)
     return parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -104,8 +103,8 @@ def answer(call: Any, n: int = 0) -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await open_store(f"sqlite:///{tmp_path / 'cdr.db'}")
+async def store(store_url: str) -> AsyncIterator[Store]:
+    store = await open_store(store_url)
     yield store
     await store.close()
 
@@ -234,8 +233,8 @@ async def test_final_write_inserts_the_row_when_the_first_one_is_missing(store: 
     assert (row.state, row.disposition) == ("ended", "busy")
 
 
-async def test_a_restart_marks_the_calls_left_active_as_crashed(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'cdr.db'}"
+async def test_a_restart_marks_the_calls_left_active_as_crashed(store_url: str) -> None:
+    url = store_url
     store = await open_store(url)
     clock = Clock()
     recorder = CallRecorder(store, Metrics(), clock)

@@ -80,8 +80,8 @@ def schema_differences(conn: Connection) -> list[object]:
     return list(compare_metadata(MigrationContext.configure(conn), metadata))
 
 
-async def test_a_new_database_gets_the_schema_of_the_code(tmp_path: Path) -> None:
-    store = await open_store(f"sqlite:///{tmp_path / 'new.db'}")
+async def test_a_new_database_gets_the_schema_of_the_code(store_url: str) -> None:
+    store = await open_store(store_url)
     try:
         assert await store.transaction(schema_differences) == []
         assert await store.transaction(migrations.revision) == migrations.head()

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 
+from switch.store import driver_url
 from tests.daemon.harness import USERS, Daemon, free_port, wait_until
 from tests.daemon.sipclient import Exchange, SipClient
 from tests.daemon.sipp import SippResult, run_sipp
@@ -270,29 +271,45 @@ def test_fork_first_answer_wins_and_the_other_is_cancelled(daemon: Daemon, work:
 # -- call records (switch/cdr.py) ------------------------------------------------------------
 
 
+def _query(daemon: Daemon, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """Rows from the daemon's store, SQLite or PostgreSQL, as dicts."""
+    engine = sqlalchemy.create_engine(driver_url(daemon.config["store"]["url"]))
+    try:
+        with engine.connect() as db:
+            return [dict(row._mapping) for row in db.execute(sqlalchemy.text(sql), params)]
+    finally:
+        engine.dispose()
+
+
 def records(daemon: Daemon, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The rows of ``calls`` in the daemon's SQLite file, oldest first, once ``count`` ended."""
-    path = daemon.config["store"]["url"].removeprefix("sqlite:///")
+    """The rows of ``calls`` in the daemon's store, oldest first, once ``count`` ended."""
 
     def ended() -> list[dict[str, Any]]:
-        with closing(sqlite3.connect(path)) as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM calls ORDER BY started_at").fetchall()
-        done = [dict(row) for row in rows if row["state"] != "active"]
+        rows = _query(daemon, "SELECT * FROM calls ORDER BY started_at")
+        done = [row for row in rows if row["state"] != "active"]
         return done if len(done) >= count else []
 
     return list(wait_until(ended, timeout, what=f"{count} ended call records"))
 
 
 def call_legs(daemon: Daemon, call_id: str) -> list[dict[str, Any]]:
-    path = daemon.config["store"]["url"].removeprefix("sqlite:///")
-    with closing(sqlite3.connect(path)) as db:
-        db.row_factory = sqlite3.Row
-        query = "SELECT * FROM call_legs WHERE call_id = ? ORDER BY leg"
-        return [dict(row) for row in db.execute(query, (call_id,))]
+    query = "SELECT * FROM call_legs WHERE call_id = :call_id ORDER BY leg"
+    return _query(daemon, query, call_id=call_id)
 
 
-def test_call_record_of_an_answered_call(daemon: Daemon, work: Path) -> None:
+def in_store(url: str) -> Callable[[dict[str, Any]], None]:
+    """The daemon keeps its records at ``url`` (the ``store_url`` fixture: SQLite, PostgreSQL)."""
+
+    def edit(config: dict[str, Any]) -> None:
+        config["store"]["url"] = url
+
+    return edit
+
+
+def test_call_record_of_an_answered_call(
+    make_daemon: Callable[..., Daemon], store_url: str, work: Path
+) -> None:
+    daemon = make_daemon(in_store(store_url))
     port = register_callee(daemon, work)
     before = time.time()
     with callee(daemon, work, "call_uas_answer.xml", port) as uas:
@@ -360,8 +377,9 @@ def test_pjsua_call_record_counts_the_relayed_media(daemon: Daemon, work: Path) 
 
 
 def test_a_call_cut_by_a_daemon_crash_is_marked_crashed_at_the_next_start(
-    daemon: Daemon, work: Path
+    make_daemon: Callable[..., Daemon], store_url: str, work: Path
 ) -> None:
+    daemon = make_daemon(in_store(store_url))
     port = register_callee(daemon, work)
     phones: list[SippResult] = []
 
