@@ -10,6 +10,7 @@ over the connection it keeps, and when that is gone, at its Contact.
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 from collections.abc import Callable
@@ -118,6 +119,27 @@ def test_a_phone_registered_over_tcp_gets_its_call_over_the_connection_it_keeps(
     log = (work / "pjsua-102.log").read_text(errors="replace")
     assert "INVITE sip:102@127.0.0.1" in log and "transport=tcp" in log.lower()
     assert daemon.events_named("connected") == []  # the phone's own connection, none of ours
+
+
+def invite_2xx_received(pjsua_log: str) -> list[str]:
+    """The 2xx responses to INVITE a pjsua phone logged as received."""
+    return re.findall(r"RX \d+ bytes Response msg 2\d\d/INVITE/cseq=\d+", pjsua_log)
+
+
+def test_two_phones_over_tcp_talk_and_each_2xx_is_acked_once(daemon: Daemon, work: Path) -> None:
+    # Both phones on TCP: our 2xx to the caller now waits for its ACK as over UDP
+    # (§13.3.1.4), and a real phone's ACK stops it: no 2xx goes twice, nothing times out.
+    require_module("pjsua2")
+    tcp = ("--transport", "tcp")
+    phones = pjsua_call(daemon, work, callee_args=tcp, caller_args=tcp)
+    assert states(phones.caller_out) == ["registered", "confirmed", "disconnected"], phones
+    assert states(phones.callee_out) == ["registered", "confirmed", "disconnected"], phones
+    caller_log = (work / "pjsua-101.log").read_text(errors="replace")
+    assert "SIP/2.0/TCP" in caller_log
+    (row,) = records(daemon)
+    assert (row["disposition"], row["hangup_by"]) == ("answered", "caller"), row
+    assert daemon.events_named("no ACK from the caller") == []
+    assert len(invite_2xx_received(caller_log)) == 1, caller_log
 
 
 def test_a_phone_whose_tcp_connection_is_gone_is_called_at_its_contact(
