@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields, replace
@@ -67,7 +66,7 @@ from switch.b2bua.media import RelayMedia
 from switch.endpoint import NO_RESPONSE, ServerRequest
 from switch.metrics import Metrics
 from switch.sip.errors import ParseError
-from switch.sip.message import Request
+from switch.sip.message import Request, random_hex
 from switch.store import GroupCommit, Store, call_legs, calls
 from switch.transport import Peer
 
@@ -257,7 +256,7 @@ class CallRecorder:
         direction: str = "internal",
     ) -> None:
         record = CallRecord(
-            call_id=secrets.token_hex(12),
+            call_id=random_hex(12),
             tenant=tenant,
             caller=caller,
             callee=callee,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ import structlog
 from switch.endpoint import SipEndpoint
 from switch.sip.dialog import Dialog
 from switch.sip.headers import NameAddr
-from switch.sip.message import Headers, Request, Response, new_tag
+from switch.sip.message import Headers, Request, Response, new_tag, random_hex
 from switch.sip.transaction import ClientTransaction
 from switch.transport import Peer
 
@@ -77,7 +76,7 @@ def invite(
     headers.add("Max-Forwards", str(max_forwards))
     headers.add("From", str(NameAddr(caller.uri, caller.display, (("tag", new_tag()),))))
     headers.add("To", f"<{callee_aor}>")
-    headers.add("Call-ID", f"{secrets.token_hex(12)}@softswitch")
+    headers.add("Call-ID", f"{random_hex(12)}@softswitch")
     headers.add("CSeq", "1 INVITE")
     headers.add("Contact", endpoint.contact_for(target.peer))
     headers.add("Allow", ALLOW)

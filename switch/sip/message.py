@@ -18,8 +18,8 @@ surrogate escapes so that any byte round-trips.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -423,12 +423,48 @@ class Response(Message):
         return f"<Response {self.status} {self.reason}>"
 
 
+class _RandomPool:
+    """Cryptographically random octets from the OS, fetched 4 KiB at a time.
+
+    Tags, branches and Call-IDs must be cryptographically random (RFC 3261 §19.3, §8.1.1.7);
+    `secrets.token_hex` asks the kernel for each one: a system call per identifier, to which
+    py-spy charged 3 % of the event loop's samples at 200 calls/s (bench/call_rate.py); alone,
+    an 8-octet token costs 0.59 us that way and 0.21 us from the pool. The octets
+    still come from `os.urandom`, only in larger draws, and each is handed out once; a forked
+    child starts with a new draw (it must not repeat its parent's identifiers).
+    """
+
+    __slots__ = ("_at", "_octets")
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._octets = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        self._octets, self._at = b"", 0
+
+    def hex(self, n: int) -> str:
+        """``n`` random octets as ``2n`` hex digits."""
+        at = self._at
+        if at + n > len(self._octets):
+            self._octets, at = os.urandom(self.SIZE), 0
+        self._at = at + n
+        return self._octets[at : at + n].hex()
+
+
+_random = _RandomPool()
+random_hex = _random.hex
+
+
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return random_hex(6)
 
 
 def new_branch() -> str:
-    return "z9hG4bK" + secrets.token_hex(8)
+    return "z9hG4bK" + random_hex(8)
 
 
 def _split_head(data: bytes) -> tuple[str, bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,14 @@ from hypothesis import strategies as st
 
 from switch.sip.errors import ParseError
 from switch.sip.framing import Ping, StreamFramer
-from switch.sip.message import Request, Response, error_response, parse_message
+from switch.sip.message import (
+    Request,
+    Response,
+    error_response,
+    new_branch,
+    new_tag,
+    parse_message,
+)
 from switch.sip.uri import AbsoluteUri, SipUri
 
 TORTURE = Path(__file__).parent.parent / "torture"
@@ -269,3 +277,27 @@ def test_route_and_record_route_views() -> None:
     inv = parse_message(load("rfc4475/inv2543.dat"))
     (rr,) = inv.record_routes
     assert isinstance(rr.uri, SipUri) and rr.uri.param("maddr") == "ss1.example.com"
+
+
+def test_tags_and_branches_are_random_hex_and_never_repeat_across_refills() -> None:
+    # 20 000 identifiers of 6 and 8 octets draw the 4 KiB pool dozens of times over.
+    tags = [new_tag() for _ in range(10_000)]
+    branches = [new_branch() for _ in range(10_000)]
+    assert all(len(t) == 12 and int(t, 16) >= 0 for t in tags)
+    assert all(b.startswith("z9hG4bK") and len(b) == 7 + 16 for b in branches)
+    assert len(set(tags)) == len(tags) and len(set(branches)) == len(branches)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_identifiers() -> None:
+    new_tag()  # the pool holds octets the child would otherwise hand out too
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next tags and leave at once
+        os.write(write, " ".join(new_tag() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode().split()
+    os.close(read)
+    parent = [new_tag() for _ in range(4)]
+    assert len(child) == 4 and not set(child) & set(parent)
