@@ -127,9 +127,7 @@ class OkUntilAck:
         self._endpoint: SipEndpoint | None = incoming.endpoint
         self._ok = ok
         self._on_timeout: Callable[[], None] | None = on_timeout
-        via = incoming.request.top_via
-        self._peer = response_peer(via, incoming.peer)
-        self._connect_to = response_fallback(via, incoming.peer)
+        self._peer, self._connect_to = response_route(incoming.request.top_via, incoming.peer)
         self._timer: asyncio.TimerHandle | None = None
         self._arm(incoming.endpoint.t1, 0.0)
 
@@ -458,9 +456,7 @@ class SipEndpoint:
         datagrams = txn.datagrams_to_send()
         if peer is not None and datagrams:
             if isinstance(txn, ServerTransaction):
-                via = txn.request.top_via
-                destination = response_peer(via, peer)
-                connect_to = response_fallback(via, peer)
+                destination, connect_to = response_route(txn.request.top_via, peer)
                 on_error: Callable[[str], None] | None = None
             else:
                 assert isinstance(txn, ClientTransaction)
@@ -600,16 +596,17 @@ def next_hop(request: Request, transport: str) -> Peer | None:
     return Peer(transport, uri.host.strip("[]"), port)
 
 
-def response_fallback(via: Via, source: Peer) -> Peer | None:
-    """Where a response goes over a stream whose connection is gone (§18.2.2).
-
-    A new connection to the ``received`` address (else the sent-by host) at the
-    sent-by port, 5060 by default (5061 over TLS). None over UDP.
+def response_route(via: Via, source: Peer) -> tuple[Peer, Peer | None]:
+    """Where a response goes (`response_peer`), and over a stream whose connection is gone,
+    where a new connection goes (§18.2.2): the ``received`` address (else the sent-by host)
+    at the sent-by port, 5060 by default (5061 over TLS). No fallback over UDP.
     """
+    destination = response_peer(via, source)
     if not source.reliable:
-        return None
+        return destination, None
     host = (via.received or via.host).strip("[]")
-    return Peer(source.transport, host, via.port or (5061 if source.transport == "tls" else 5060))
+    port = via.port or (5061 if source.transport == "tls" else 5060)
+    return destination, Peer(source.transport, host, port)
 
 
 def response_peer(via: Via, source: Peer) -> Peer:

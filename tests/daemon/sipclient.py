@@ -124,7 +124,9 @@ class SipClient:
         cseq: int,
         headers: Sequence[str] = (),
         body: bytes = b"",
+        to_tag: str | None = None,
     ) -> tuple[bytes, str]:
+        """A request and its branch; ``to_tag`` for one inside a dialog (§12.2.1.1)."""
         branch = "z9hG4bK" + secrets.token_hex(8)
         if method == "INVITE" and not any(h.lower().startswith("contact:") for h in headers):
             # §8.1.1.8: an INVITE names where the dialog's requests reach us
@@ -136,7 +138,7 @@ class SipClient:
             f";branch={branch};rport",
             "Max-Forwards: 70",
             f"From: <{from_uri}>;tag={self.tag}",
-            f"To: <{to_uri}>",
+            f"To: <{to_uri}>" + (f";tag={to_tag}" if to_tag else ""),
             f"Call-ID: {call_id}",
             f"CSeq: {cseq} {method}",
             *headers,
