@@ -39,6 +39,10 @@ class RelayConfig:
     timeout: float = 60.0
     # The same for a leg on hold, or one that never sent a packet (rtpengine: silent-timeout).
     silent_timeout: float = 3600.0
+    # Forward latched RTP in the kernel (`media.kernel`, eBPF at tcx ingress): "auto" where the
+    # kernel allows it (Linux 6.6+, CAP_BPF and CAP_NET_ADMIN), else in this process; "on"
+    # refuses to start without it; "off" never.
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("address", "advertise"):
@@ -69,6 +73,8 @@ class RelayConfig:
         for name in ("quarantine", "latch_window", "timeout", "silent_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"media.{name} must not be negative")
+        if self.kernel not in ("auto", "on", "off"):
+            raise ValueError(f"media.kernel: {self.kernel!r} (expected auto, on or off)")
         if self.timeout == 0 or self.silent_timeout == 0:
             raise ValueError("media timeouts must be positive")
 

@@ -16,6 +16,15 @@ An RTP port has two sockets on the same address and port (SO_REUSEPORT):
   is built, compared or parsed, and the route is cached on the socket. Sending to the phone
   goes through `conn` too, so the phone sees one address both ways (symmetric RTP).
 
+Below both, where the host allows it, the kernel itself (`media.kernel`): once a stream is
+latched and its SSRC known, `offload` installs an entry for it in an eBPF program's table,
+and its packets no longer reach these sockets at all. The port keeps the counters: it takes
+the kernel's in (`pull`) when asked for them and every second, and takes the stream back
+(`reclaim`) when the latch changes, the call ends, or the program hands it back because
+RFC 3550 needs a decision (a new SSRC, a sequence jump). A packet that reaches `forward`
+while an entry is installed is such a hand-back (or one queued before the entry), so the
+entry is looked at first.
+
 Each readable event reads one datagram. The event loop polls level-triggered, so a queue that
 holds more is reported again at once; reading until EAGAIN would cost an extra failing system
 call (and a Python exception) for every wake-up, and at 50 packets/s per socket a wake-up
@@ -44,6 +53,8 @@ from typing import Any, Final
 
 import structlog
 
+from media.bpf import BpfError
+from media.kernel import Entry, HandBack, KernelPath, Stream, key
 from media.latch import Latch
 from media.stats import Addr, Side
 
@@ -221,6 +232,11 @@ class RtpPort(Port):
         "conn_to",
         "cycles",
         "jitter",
+        "kernel",
+        "kernel_key",
+        "kernel_plan",
+        "kernel_refused",
+        "kernel_seen",
         "last_arrival",
         "last_ts",
         "lost_before",
@@ -232,8 +248,17 @@ class RtpPort(Port):
 
     is_rtp = True
 
-    def __init__(self, wild: socket.socket, **port: Any) -> None:
+    def __init__(
+        self, wild: socket.socket, *, kernel: KernelPath | None = None, **port: Any
+    ) -> None:
         super().__init__(wild, **port)  # Port's keyword arguments
+        # Kernel forwarding (`media.kernel`): the entry installed for the latched stream, what
+        # it was made of, its counters already taken in, and a source it could not route.
+        self.kernel = kernel
+        self.kernel_key: bytes | None = None
+        self.kernel_plan: tuple[bytes, tuple[Addr, Addr], int] | None = None
+        self.kernel_seen = (0, 0, 0)
+        self.kernel_refused: Addr | None = None
         self.conn: socket.socket | None = None
         self.conn_recv: Callable[[bytearray], int] = _no_packet
         self.conn_to: Addr | None = None
@@ -262,6 +287,7 @@ class RtpPort(Port):
         return self.lost_before + max(0, expected - self.received)
 
     def close(self) -> None:
+        self.reclaim()
         self._disconnect()
         super().close()
 
@@ -279,6 +305,120 @@ class RtpPort(Port):
                 self._connect(want)
         conn = self.conn
         self.tx = conn.send if conn is not None and self.latch.dest == self.conn_to else None
+        if self.kernel is not None:
+            self.offload()
+            peer = self.peer
+            if isinstance(peer, RtpPort):
+                peer.offload()  # it forwards to this port's phone, whose address may have moved
+
+    def offload(self, *, drain: bool = False) -> None:
+        """Have the kernel forward the latched stream, or stop it, as the latch now says.
+
+        An entry needs a latched source with its stream known (SSRC) and a destination on the
+        other side; it is replaced when any of them changes. `drain`: first relay what the
+        connected socket already holds, so that no packet overtakes another (not while a
+        packet is in the shared buffer: from the packet path, the few that could be queued
+        behind a latch change or a new SSRC may arrive after the kernel's).
+        """
+        kernel = self.kernel
+        if kernel is None:
+            return
+        plan = self._kernel_plan(kernel)
+        if plan == self.kernel_plan:
+            return
+        self.reclaim()
+        if plan is None:
+            return
+        if drain:
+            self._drain()
+        k, out, ifindex = plan
+        try:
+            kernel.install(k, out, ifindex, Stream(
+                ssrc=self.ssrc, rate=self.rate, cycles=self.cycles, max_seq=self.max_seq,
+                last_ts=self.last_ts, last_arrival=self.last_arrival, jitter=self.jitter,
+            ))  # fmt: skip
+        except BpfError as e:  # the table is full, say: this stream stays in Python
+            _log.warning("media kernel entry refused", call_id=self.call_id, error=str(e))
+            self.kernel_refused = self.latch.source
+            return
+        self.kernel_key, self.kernel_plan, self.kernel_seen = k, plan, (0, 0, 0)
+
+    def _kernel_plan(self, kernel: KernelPath) -> tuple[bytes, tuple[Addr, Addr], int] | None:
+        source = self.latch.source
+        peer = self.peer
+        if (
+            source is None
+            or source != self.conn_to
+            or source == self.kernel_refused
+            or self.ssrc < 0
+            or not isinstance(peer, RtpPort)
+        ):
+            return None
+        dest = peer.latch.dest
+        if dest is None:
+            return None
+        ifindex = kernel.route(source, dest)
+        if ifindex is None:
+            return None
+        return key(source, (self.address, self.port)), ((peer.address, peer.port), dest), ifindex
+
+    def kernel_tick(self) -> None:
+        """Take in what the kernel counted; take back a stream it handed back and hand it
+        over again if the relay agrees (`offload`). The relay calls it every second or so."""
+        if self.kernel_key is not None:
+            self.pull()
+        if self.kernel_key is None:
+            self.offload(drain=True)
+
+    def pull(self) -> None:
+        """Bring the counters up to date with the kernel's (nothing to do without an entry)."""
+        k = self.kernel_key
+        if k is None or self.kernel is None:
+            return
+        entry = self.kernel.read(k)
+        if entry is None or entry.handed_back:
+            self.reclaim()
+        else:
+            self._absorb(entry)
+
+    def reclaim(self) -> None:
+        """Stop kernel forwarding of this port's stream, counters taken in."""
+        k = self.kernel_key
+        if k is None or self.kernel is None:
+            return
+        self.kernel_key = self.kernel_plan = None
+        entry = self.kernel.remove(k)
+        if entry is None:
+            return
+        self._absorb(entry)
+        if entry.handed_back:
+            if entry.reason == HandBack.ROUTE:
+                self.kernel_refused = self.latch.source
+            _log.debug("media handed back", call_id=self.call_id, side=str(self.side),
+                       reason=entry.reason)  # fmt: skip
+
+    def _absorb(self, entry: Entry) -> None:
+        seen_packets, seen_octets, seen_uncounted = self.kernel_seen
+        self.kernel_seen = (entry.packets, entry.octets, entry.uncounted)
+        self.packets += entry.packets - seen_packets
+        self.octets += entry.octets - seen_octets
+        self.uncounted += entry.uncounted - seen_uncounted
+        if entry.packets > entry.uncounted:
+            # The kernel followed the stream: its RFC 3550 state is the current one.
+            self.cycles, self.max_seq, self.last_ts = entry.cycles, entry.max_seq, entry.last_ts
+            self.last_arrival = entry.last_ns / 1e9
+            self.jitter = entry.jitter
+
+    def _drain(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        for _ in range(64):
+            try:
+                n = conn.recv_into(self.buf)
+            except OSError:
+                return
+            self.forward(n, _clock())
 
     def _connect(self, want: Addr) -> None:
         try:
@@ -328,6 +468,8 @@ class RtpPort(Port):
         # Per packet: what RFC 3550 needs and nothing more. A packet of the stream being
         # followed costs one unpack, the A.1 sequence step and the A.8 jitter step; `received`
         # and `sent` are differences (`uncounted`, `dropped`), not increments.
+        if self.kernel_key is not None:
+            self.pull()  # the kernel handed the stream back, or this packet came before it
         self.packets += 1
         self.octets += n
         if n >= 12:
@@ -390,6 +532,8 @@ class RtpPort(Port):
         self.uncounted = self.packets - 1
         self.last_arrival = now
         self.last_ts = ts
+        if self.kernel is not None:
+            self.offload()  # from the next packet on
 
     def _settle(self) -> None:
         """Bank the losses of the run that ends before this packet; reset the sequence state."""

@@ -8,7 +8,10 @@ sees one address for everything it sends and receives (symmetric RTP).
 The per-packet work is in `media.forward` (the hot path: one `recv_into` a shared buffer,
 one `struct` peek at the RTP header, one `send`, counters as plain ints), latching rules in
 `media.latch` (sans-IO), the port pool in `media.ports`. Sockets are watched with the event
-loop's `add_reader`.
+loop's `add_reader`. With `media.kernel` (config `kernel: auto`, the default), latched
+streams are forwarded by an eBPF program instead and never wake this process; the relay
+takes the kernel's counters in every second (before the timeout check, so a stream the
+kernel carries keeps its call alive) and whenever a session's counters are asked for.
 
 Timeouts: a leg that sent RTP and then went quiet for `timeout` s ends the call (one
 `MediaTimeout`); a leg on hold, or one that has not sent anything yet, gets `silent_timeout`
@@ -43,8 +46,10 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
+from media.bpf import BpfError
 from media.config import RelayConfig
 from media.forward import Poller, Port, RtpPort, bind_udp
+from media.kernel import KernelPath
 from media.latch import Latch, normalize
 from media.ports import PortAllocator, PortsExhausted
 from media.stats import (
@@ -220,7 +225,13 @@ class RelaySession:
     def counts(self) -> tuple[int, ...]:
         """Leg A's counters then leg B's, in `LEG_COUNTERS` order: `stats` without the objects
         (what a media worker sends the switch every few seconds for each session)."""
+        self._pull()
         return self._counts(Side.A) + self._counts(Side.B)
+
+    def _pull(self) -> None:
+        """Take in what the kernel forwarded for this session (see `media.kernel`)."""
+        for leg in self._legs.values():
+            leg.rtp.pull()
 
     def _counts(self, side: Side) -> tuple[int, ...]:
         leg, other = self._legs[side], self._legs[side.other]
@@ -232,6 +243,7 @@ class RelaySession:
     def stats(self) -> SessionStats:
         if self._final is not None:
             return self._final
+        self._pull()
         return SessionStats(
             call_id=self.call_id, a=self._leg_stats(Side.A), b=self._leg_stats(Side.B)
         )
@@ -327,6 +339,7 @@ class Relay:
         if epoll if epoll is not None else hasattr(select, "epoll"):
             self._poller = Poller()
             self._loop.add_reader(self._poller.fileno(), self._poller.ready)
+        self.kernel = _kernel_path(config)
         self._sessions: set[RelaySession] = set()
         self._adopted: set[int] = set()  # RTP ports of legs whose sockets we were given
         self._sessions_total = 0
@@ -467,12 +480,16 @@ class Relay:
         taken.side = side.other
         for port in (taken.rtp, taken.rtcp):
             port.side, port.call_id = side.other, keep.call_id
+        kept.rtp.reclaim()  # the kernel's entries forward to the phones that leave
+        taken.rtp.reclaim()
         for port in (kept.rtp, kept.rtcp, taken.rtp, taken.rtcp):
             # What a moved port sent so far went to a phone that left (the closed sessions'
             # "out" of the released legs counts it): from here on it counts towards the new one.
             port.restart_sent()
         kept.rtp.peer, taken.rtp.peer = taken.rtp, kept.rtp
         kept.rtcp.peer, taken.rtcp.peer = taken.rtcp, kept.rtcp
+        kept.rtp.offload()
+        taken.rtp.offload()
         now = time.monotonic()
         for leg in (kept, taken):
             if leg.since is not None:
@@ -495,6 +512,9 @@ class Relay:
             self._loop.remove_reader(self._poller.fileno())
             self._poller.close()
             self._poller = None
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
 
     def _leg(self, call_id: str, side: Side) -> _Leg:
         port, rtp_sock, rtcp_sock = bind_pair(self.config, self.ports)
@@ -520,7 +540,9 @@ class Relay:
             rtp_sock.setblocking(False)
             rtcp_sock.setblocking(False)
             self._adopted.add(local.rtp_port)
-        leg = _Leg(side, local, make(RtpPort, rtp_sock), make(Port, rtcp_sock))
+        rtp = make(RtpPort, rtp_sock)
+        rtp.kernel = self.kernel
+        leg = _Leg(side, local, rtp, make(Port, rtcp_sock))
         leg.adopted = adopted
         return leg
 
@@ -573,11 +595,36 @@ class Relay:
             self._loop.call_soon(handler, event)
 
     def _check_timeouts(self) -> None:
+        if self.kernel is not None:
+            for session in self._sessions:
+                for leg in session._legs.values():
+                    leg.rtp.kernel_tick()
         now = time.monotonic()
         config = self.config
         for session in list(self._sessions):
             session._check_timeout(now, config.timeout, config.silent_timeout)
         self._timer = self._loop.call_later(self._check_every, self._check_timeouts)
+
+
+def _kernel_path(config: RelayConfig) -> KernelPath | None:
+    """The kernel fast path the config asks for, if this host lets us have it."""
+    if config.kernel == "off":
+        return None
+    if ip_address(config.address).is_unspecified:
+        reason = f"media.address {config.address} binds every interface (kernel forwarding "
+        reason += "matches packets by our address: name one)"
+    else:
+        try:
+            kernel = KernelPath(address=config.address, capacity=max(2, config.pairs))
+        except (BpfError, OSError) as e:
+            reason = str(e).splitlines()[0]
+        else:
+            _log.info("media kernel forwarding", interfaces=kernel.interfaces)
+            return kernel
+    if config.kernel == "on":
+        raise RuntimeError(f"media.kernel is on, but kernel forwarding is unavailable: {reason}")
+    _log.warning("media kernel forwarding unavailable", reason=reason)
+    return None
 
 
 def add_counts(total: list[int], counts: tuple[int, ...]) -> None:

@@ -72,6 +72,11 @@ class _Section(BaseModel):
         return {} if data is None else data
 
 
+def _on_off(value: object) -> object:
+    """YAML 1.1 reads a bare `on`/`off` as a boolean: take it as the word it was."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _ip(value: str) -> str:
     try:
         return str(ip_address(value))
@@ -159,6 +164,9 @@ class Media(_Section):
     latch_window: PositiveFloat = 3.0
     strict_source: bool = False  # accept media only from the SDP address (fixed trunks)
     relatch_on_ssrc: bool = True  # a locked stream may move when its SSRC comes from elsewhere
+    # Latched RTP forwarded by the kernel (eBPF): auto (where it may, as root on Linux 6.6+),
+    # on (refuse to start without it), off (always by the relay process).
+    kernel: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     # Prompts the switch plays: the language of the packaged set (en, ru), or a folder of
     # one's own with the same layout (<folder>/<language>/<name>.wav).
     language: Literal["en", "ru"] = "en"
@@ -187,6 +195,7 @@ class Media(_Section):
             latch_window=self.latch_window,
             strict_source=self.strict_source,
             relatch_on_ssrc=self.relatch_on_ssrc,
+            kernel=self.kernel,
         )
 
 

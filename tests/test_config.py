@@ -229,15 +229,17 @@ def test_each_mistake_names_its_line(tmp_path: Path, old: str, new: str, expecte
 
 def test_media_latching_options(tmp_path: Path) -> None:
     media = "media:\n  latch_window: 0\n  strict_source: maybe\n  hold_timeout: soon\n"
-    assert problems(tmp_path, media + MINIMAL) == [
+    assert problems(tmp_path, media + "  kernel: always\n" + MINIMAL) == [
         "F:2: media.latch_window: got '0' (expected a number greater than 0.0)",
         "F:3: media.strict_source: got 'maybe' (expected true or false)",
         "F:4: media.hold_timeout: got 'soon' (expected an integer)",
+        "F:5: media.kernel: got 'always' (expected one of 'auto', 'on' or 'off')",
     ]
     good = tmp_path / "good.yaml"
-    good.write_text("media:\n  latch_window: 1.5\n  strict_source: true\n" + MINIMAL)
+    good.write_text("media:\n  latch_window: 1.5\n  strict_source: true\n  kernel: off\n" + MINIMAL)
     relay = load_config(good).media.relay_config()
     assert (relay.latch_window, relay.strict_source, relay.relatch_on_ssrc) == (1.5, True, True)
+    assert relay.kernel == "off"
 
 
 def test_missing_tenants(tmp_path: Path) -> None:

@@ -95,13 +95,15 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert not outside, f"the relay tried to send to {outside}"
 
 
-@pytest.fixture(params=[True, False], ids=["epoll", "loop-readers"])
+@pytest.fixture(params=[True, False], ids=["epoll-kernel", "loop-readers"])
 async def make_relay(request: pytest.FixtureRequest) -> AsyncIterator[MakeRelay]:
-    """Relays with the given RelayConfig fields, in both ways of watching sockets."""
+    """Relays with the given RelayConfig fields, in both ways of watching sockets: the epoll
+    one as the daemon runs it, with kernel forwarding where this host allows it (it does as
+    root: `tests/media/test_kernel.py` insists), the other with every packet in Python."""
     relays: list[Relay] = []
 
     def make(**fields: Any) -> Relay:
-        fields = {**port_range(), **fields}
+        fields = {"kernel": "auto" if request.param else "off", **port_range(), **fields}
         relay = Relay(RelayConfig(**fields), epoll=request.param)
         relays.append(relay)
         return relay
