@@ -30,6 +30,7 @@ MAP_UPDATE_ELEM: Final = 2
 MAP_DELETE_ELEM: Final = 3
 PROG_LOAD: Final = 5
 PROG_TEST_RUN: Final = 10
+MAP_LOOKUP_BATCH: Final = 24
 LINK_CREATE: Final = 28
 
 MAP_TYPE_HASH: Final = 1
@@ -194,6 +195,7 @@ class HashMap:
         self.fd = _bpf(MAP_CREATE, attr, f"creating BPF map {name}")
         self.key_size = key_size
         self.value_size = value_size
+        self.max_entries = max_entries
         self._key = ctypes.create_string_buffer(key_size)
         self._value = ctypes.create_string_buffer(value_size)
 
@@ -227,6 +229,33 @@ class HashMap:
                 return False
             raise
         return True
+
+    def dump(self) -> tuple[bytes, bytes, int]:
+        """Every element in a few system calls (BPF_MAP_LOOKUP_BATCH): the keys back to back,
+        the values back to back, and how many there are."""
+        ks, vs, cap = self.key_size, self.value_size, self.max_entries
+        keys = ctypes.create_string_buffer(cap * ks)
+        values = ctypes.create_string_buffer(cap * vs)
+        token_in, token_out = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
+        total, resume = 0, 0
+        while total < cap:
+            attr = _attr(
+                "<QQQQIIQQ", resume, _addr(token_out), _addr(keys) + total * ks,
+                _addr(values) + total * vs, cap - total, self.fd, 0, 0,
+            )  # fmt: skip
+            try:
+                _bpf(MAP_LOOKUP_BATCH, attr, "reading a BPF map")
+                done = False
+            except BpfError as e:
+                if e.errno != 2:  # ENOENT: that was the last batch
+                    raise
+                done = True
+            total += struct.unpack_from("<I", attr, 32)[0]
+            if done:
+                break
+            ctypes.memmove(token_in, token_out, 8)
+            resume = _addr(token_in)
+        return keys.raw[: total * ks], values.raw[: total * vs], total
 
     def close(self) -> None:
         if self.fd >= 0:

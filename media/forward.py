@@ -362,12 +362,20 @@ class RtpPort(Port):
             return None
         return key(source, (self.address, self.port)), ((peer.address, peer.port), dest), ifindex
 
-    def kernel_tick(self) -> None:
-        """Take in what the kernel counted; take back a stream it handed back and hand it
-        over again if the relay agrees (`offload`). The relay calls it every second or so."""
-        if self.kernel_key is not None:
-            self.pull()
-        if self.kernel_key is None:
+    def kernel_tick(self, table: dict[bytes, tuple[bool, float]]) -> None:
+        """Once a second or so, with the kernel's table (`KernelPath.sweep`): keep the last
+        arrival fresh (media timeouts), take back a stream the kernel handed back, and hand a
+        latched stream over (again) if the relay agrees (`offload`). Counters are taken in
+        when they are asked for (`pull`), not here."""
+        k = self.kernel_key
+        if k is not None:
+            row = table.get(k)
+            if row is not None and not row[0]:
+                if row[1] > self.last_arrival:
+                    self.last_arrival = row[1]
+                return
+            self.reclaim()
+        if self.latch.source is not None:
             self.offload(drain=True)
 
     def pull(self) -> None:

@@ -596,9 +596,10 @@ class Relay:
 
     def _check_timeouts(self) -> None:
         if self.kernel is not None:
+            table = self.kernel.sweep()
             for session in self._sessions:
                 for leg in session._legs.values():
-                    leg.rtp.kernel_tick()
+                    leg.rtp.kernel_tick(table)
         now = time.monotonic()
         config = self.config
         for session in list(self._sessions):
