@@ -15,6 +15,7 @@ shown beside them. README.md, section "media_relay.py", explains the method and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import subprocess
@@ -26,7 +27,18 @@ from pathlib import Path
 
 import media_relay_load as load
 from media_relay_load import Point
-from media_relay_targets import Echo, Floor, Rtpengine, Softswitch, SoftswitchWorkers, Target
+from media_relay_targets import (
+    HOSTS,
+    Echo,
+    Floor,
+    Rtpengine,
+    Softswitch,
+    SoftswitchUser,
+    SoftswitchWorkers,
+    Target,
+    receive_on,
+    two_hosts,
+)
 
 LATENCY_CALLS = 500  # the latency target is stated at 500 calls
 LOSS_LIMIT = 0.001
@@ -177,8 +189,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short steps (~1 minute)")
     parser.add_argument(
         "--relays",
-        default="softswitch,rtpengine,floor",
-        help="relays to measure, in order (softswitch, softswitch-workers, rtpengine, floor)",
+        default="softswitch,softswitch-user,rtpengine,floor",
+        help="relays to measure, in order (softswitch, softswitch-user, softswitch-workers, "
+        "rtpengine, floor)",
     )
     parser.add_argument("--duration", type=float, help="seconds of the figures (default 20)")
     parser.add_argument("--step", type=float, help="seconds per search step (default 4)")
@@ -187,6 +200,14 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=60, help="max seconds per step")
     parser.add_argument("--busy-retries", type=int, default=2)
     parser.add_argument("--profile", help="py-spy raw profile of softswitch at its figure")
+    parser.add_argument(
+        "--hosts",
+        choices=["one", "one-rps", "two"],
+        default="one",
+        help="one: relays and phones on loopback; one-rps: the same with loopback's receive "
+        "work on the relay's core; two: relays in a network namespace behind a veth pair, each "
+        "side's receive work on its own core (both need root)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     quick = args.quick
@@ -210,30 +231,24 @@ def main() -> None:
         f"spread over each 20 ms (a batch every {1000 * load.TICK / load.SLICES:g} ms); "
         f"softswitch relay on {loop}"
     )
-    bench = Bench(args)
-    direct = Echo(relay_core, args.verbose)
-    bench.header(direct)
-    direct500 = bench.measure(direct, LATENCY_CALLS, args.duration, "(latency baseline)")
-    ceiling, ceiling_fail = bench.search(direct, direct500)
-
-    results = []
-    for name in args.relays.split(","):
-        if name == "softswitch":
-            target: Target = Softswitch(relay_core, args.verbose)
-        elif name == "softswitch-workers":
-            target = SoftswitchWorkers(relay_core, args.verbose)
-        elif name == "floor":
-            target = Floor(relay_core, args.verbose)
-        elif name == "rtpengine":
-            if not Rtpengine.available():
-                print("\nrtpengine: not installed (apt-get install rtpengine-daemon); skipped")
-                continue
-            target = Rtpengine(relay_core, args.verbose)
-        else:
-            raise SystemExit(
-                f"unknown relay {name!r} (softswitch, softswitch-workers, rtpengine, floor)"
+    with contextlib.ExitStack() as hosts:
+        if args.hosts == "two":
+            if relay_core is None or gen_core is None:
+                raise SystemExit("--hosts two needs two cores")
+            hosts.enter_context(two_hosts(relay_core, gen_core))
+            print(
+                f"two hosts: relays in network namespace {HOSTS.netns} at {HOSTS.relay}, phones "
+                f"at {HOSTS.phones} (veth; RPS: each side's receive work on its own core)"
             )
-        results.append(bench.relay(target, direct500))
+        elif args.hosts == "one-rps":
+            if relay_core is None:
+                raise SystemExit("--hosts one-rps needs two cores")
+            hosts.enter_context(receive_on(relay_core))
+            print(f"one host, loopback's receive work on core {relay_core} (RPS), the relay's")
+        else:
+            print("one host: relays and phones on 127.0.0.1 (a packet's receive path runs in "
+                  "its sender's system call)")  # fmt: skip
+        results, ceiling, ceiling_fail = _run(args, relay_core)
 
     print("\nsummary")
     if ceiling is not None:
@@ -267,22 +282,65 @@ def main() -> None:
             f"    at {LATENCY_CALLS} calls: latency added over the direct path p50 "
             f"{added[0] / 1000:.3f} ms, p99 {added[1] / 1000:.3f} ms; CPU {at500.relay_cpu:.0f}%"
         )
-    for other, note in (
-        ("rtpengine", "(target >= 1.3x)"),
-        ("floor", "(the floor: one recv and one send per packet from Python, nothing else)"),
+    for mine, other, note in (
+        ("softswitch", "rtpengine", "(target >= 1.3x)"),
+        ("softswitch-user", "rtpengine", "(both in userspace)"),
+        ("softswitch-user", "floor", "(the floor: one recv + one send from Python, no more)"),
     ):
-        if "softswitch" in figures and other in figures:
-            ours, theirs = figures["softswitch"], figures[other]
+        if mine in figures and other in figures:
+            ours, theirs = figures[mine], figures[other]
             print(
-                f"  softswitch / {other}: {ours.calls / theirs.calls:.2f}x calls at < 0.1 % loss "
-                f"{note}; CPU per packet "
-                f"{_cpu_per_packet(ours):.1f} vs {_cpu_per_packet(theirs):.1f} us"
+                f"  {mine} / {other}: {ours.calls / theirs.calls:.2f}x calls at < 0.1 % loss "
+                f"{note}; CPU per packet: relay process {_cpu_per_packet(ours):.1f} vs "
+                f"{_cpu_per_packet(theirs):.1f} us, whole machine {_machine_per_packet(ours):.1f}"
+                f" vs {_machine_per_packet(theirs):.1f} us"
             )
     print(f"\n({time.monotonic() - started:.0f} s) reproduce: cd {Path.cwd()} && {_command()}")
 
 
 def _cpu_per_packet(p: Point) -> float:
     return p.relay_cpu / 100 * 1e6 / p.pps if p.pps else 0.0
+
+
+def _run(
+    args: argparse.Namespace, relay_core: int | None
+) -> tuple[list[dict[str, object]], Point | None, Point | None]:
+    bench = Bench(args)
+    direct = Echo(relay_core, args.verbose)
+    bench.header(direct)
+    direct500 = bench.measure(direct, LATENCY_CALLS, args.duration, "(latency baseline)")
+    ceiling, ceiling_fail = bench.search(direct, direct500)
+
+    results = []
+    for name in args.relays.split(","):
+        if name == "softswitch":
+            target: Target = Softswitch(relay_core, args.verbose)
+        elif name == "softswitch-user":
+            target = SoftswitchUser(relay_core, args.verbose)
+        elif name == "softswitch-workers":
+            target = SoftswitchWorkers(relay_core, args.verbose)
+        elif name == "floor":
+            target = Floor(relay_core, args.verbose)
+        elif name == "rtpengine":
+            if not Rtpengine.available():
+                print("\nrtpengine: not installed (apt-get install rtpengine-daemon); skipped")
+                continue
+            target = Rtpengine(relay_core, args.verbose)
+        else:
+            raise SystemExit(
+                f"unknown relay {name!r} "
+                "(softswitch, softswitch-user, softswitch-workers, rtpengine, floor)"
+            )
+        results.append(bench.relay(target, direct500))
+    return results, ceiling, ceiling_fail
+
+
+def _machine_per_packet(p: Point) -> float:
+    """CPU of everything (relay, generator, the kernel's softirq work wherever it ran) per
+    relayed packet: the fair figure when the kernel forwards (its work is charged to the
+    sender's send call on loopback, not to the relay process)."""
+    busy = p.relay_cpu + p.gen_cpu + p.other_cpu
+    return busy / 100 * 1e6 / p.pps if p.pps else 0.0
 
 
 def _our_loop() -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from media_relay_mmsg import PACKET, PACKET_SIZE, Receiver, Sender, udp_socket
-from media_relay_targets import Target
+from media_relay_targets import HOSTS, Target
 
 TICK = 0.020  # one G.711 packet per 20 ms per direction
 SLICES = 40  # sends per tick: every 0.5 ms, a fortieth of the calls
@@ -86,7 +86,7 @@ def run(
     `during(pid)` is called when the measured window starts (e.g. to attach a profiler).
     """
     _fine_sleep()
-    sock_a, sock_b = udp_socket(), udp_socket()
+    sock_a, sock_b = udp_socket(HOSTS.phones), udp_socket(HOSTS.phones)
     target.start()
     try:
         dests = target.calls(calls, sock_a.getsockname(), sock_b.getsockname())

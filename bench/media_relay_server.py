@@ -52,10 +52,10 @@ def _reply(value: object) -> None:
     sys.stdout.flush()
 
 
-def run_echo() -> None:
+def run_echo(host: str) -> None:
     from media_relay_mmsg import Receiver, udp_socket
 
-    socks = [udp_socket(), udp_socket()]
+    socks = [udp_socket(host), udp_socket(host)]
     receivers = {s.fileno(): Receiver(s, timestamps=False) for s in socks}
     poll = select.epoll()
     for s in socks:
@@ -75,12 +75,12 @@ def run_echo() -> None:
                     break
 
 
-def _bind_from(port: int) -> tuple[socket.socket, int]:
-    """A UDP socket on 127.0.0.1 at the first free even port from `port`, and the next one."""
+def _bind_from(host: str, port: int) -> tuple[socket.socket, int]:
+    """A UDP socket on `host` at the first free even port from `port`, and the next one."""
     while True:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             sock.close()
             port += 2
@@ -123,8 +123,8 @@ def run_floor(args: argparse.Namespace) -> None:
                     continue
                 ports = []
                 for _ in range(request["n"]):
-                    a, next_port = _bind_from(next_port)
-                    b, next_port = _bind_from(next_port)
+                    a, next_port = _bind_from(args.host, next_port)
+                    b, next_port = _bind_from(args.host, next_port)
                     a.connect(tuple(request["a"]))
                     b.connect(tuple(request["b"]))
                     route[a.fileno()] = (a.recv_into, b.send)
@@ -148,7 +148,9 @@ async def run_relay(args: argparse.Namespace) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
     loop = asyncio.get_running_loop()
-    config = RelayConfig(address="127.0.0.1", port_min=args.port_min, port_max=args.port_max)
+    config = RelayConfig(
+        address=args.host, port_min=args.port_min, port_max=args.port_max, kernel=args.kernel
+    )
     relay: RelayLike
     if args.workers:
         pool = RelayPool(config, args.workers)
@@ -178,7 +180,8 @@ async def run_relay(args: argparse.Namespace) -> None:
 
         gc.disable()
     done = read_requests(loop, on_request)
-    _reply({"ready": True, "loop": type(loop).__module__})
+    kernel = relay.kernel is not None if isinstance(relay, Relay) else config.kernel != "off"
+    _reply({"ready": True, "loop": type(loop).__module__, "kernel": kernel})
     await done
     relay.close()
     if isinstance(relay, RelayPool):
@@ -211,13 +214,17 @@ def read_requests(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["relay", "echo", "floor"])
+    parser.add_argument("--host", default="127.0.0.1", help="the address to relay on")
     parser.add_argument("--port-min", type=int, default=20000)
     parser.add_argument("--port-max", type=int, default=59999)
     parser.add_argument("--workers", type=int, default=0, help="relay in N media workers")
+    parser.add_argument(
+        "--kernel", choices=["auto", "on", "off"], default="off", help="media.kernel forwarding"
+    )
     args = parser.parse_args()
     _raise_fd_limit()
     if args.mode == "echo":
-        run_echo()
+        run_echo(args.host)
         return
     if args.mode == "floor":
         run_floor(args)

@@ -16,12 +16,76 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from procstat import CLK_TCK, cpu_seconds, process_tree
 
 HERE = Path(__file__).resolve().parent
+
+
+class Hosts:
+    """Where the relays and the phones (the generator's sockets) are: by default both on this
+    host's loopback; `two_hosts` puts the relays in a network namespace of their own behind
+    a veth pair, so that each side's kernel receive work runs on that side's core."""
+
+    relay = "127.0.0.1"
+    phones = "127.0.0.1"
+    netns: str | None = None
+
+
+HOSTS = Hosts()
+
+
+@contextlib.contextmanager
+def receive_on(core: int) -> Iterator[None]:
+    """Loopback's receive work (the IP/UDP receive path, and with kernel forwarding the
+    forwarding) on `core` instead of in each sender's system call (RPS on lo): the relay's
+    core then pays for what reaches the relay host, as a server's NIC makes it, and the
+    generator's core only sends and receives."""
+    knob = Path("/sys/class/net/lo/queues/rx-0/rps_cpus")
+    before = knob.read_text().strip()
+    knob.write_text(f"{1 << core:x}\n")
+    try:
+        yield
+    finally:
+        knob.write_text(before + "\n")
+
+
+@contextlib.contextmanager
+def two_hosts(relay_core: int, gen_core: int) -> Iterator[None]:
+    """The relay host (netns `ssbench`, 10.99.0.1) and the phones' host (this one, 10.99.0.2)
+    on one veth link. On loopback a packet's receive path (and with kernel forwarding, the
+    forwarding itself) runs in the sender's system call, on the sender's core; between two
+    hosts it runs on the receiver. RPS on each end of the link sends received packets to that
+    side's core: what a relay server's NIC does for it, for rtpengine and for us alike."""
+    ns, here, there = "ssbench", "ssbench0", "ssbench1"
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    commands = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
+        ["ip", "link", "set", there, "netns", ns],
+        ["ip", "addr", "add", "10.99.0.2/24", "dev", here],
+        ["ip", "link", "set", here, "up"],
+        ["ip", "-n", ns, "addr", "add", "10.99.0.1/24", "dev", there],
+        ["ip", "-n", ns, "link", "set", there, "up"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+        ["sh", "-c", f"echo {1 << gen_core:x} > /sys/class/net/{here}/queues/rx-0/rps_cpus"],
+        ["ip", "netns", "exec", ns, "sh", "-c",
+         f"echo {1 << relay_core:x} > /sys/class/net/{there}/queues/rx-0/rps_cpus"],
+    ]  # fmt: skip
+    try:
+        for cmd in commands:
+            subprocess.run(cmd, check=True, capture_output=True)
+        HOSTS.relay, HOSTS.phones, HOSTS.netns = "10.99.0.1", "10.99.0.2", ns
+        yield
+    finally:
+        HOSTS.relay = HOSTS.phones = "127.0.0.1"
+        HOSTS.netns = None
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 SERVER = HERE / "media_relay_server.py"
 # Below Linux's ephemeral ports (32768-60999), where the generator's own sockets live:
 # 4 ports per call, room for 5750 calls.
@@ -69,6 +133,8 @@ class Target:
             if core is not None:
                 os.sched_setaffinity(0, {core})  # threads started later inherit it
 
+        if HOSTS.netns is not None:
+            cmd = ["ip", "netns", "exec", HOSTS.netns, *cmd]
         if self.verbose:
             print(f"  $ {' '.join(cmd)}", flush=True)
         self.proc = subprocess.Popen(
@@ -125,11 +191,15 @@ class _JsonLines(Target):
 
 
 class Softswitch(_JsonLines):
+    """`media.Relay` as the daemon runs it: latched streams forwarded by the kernel (eBPF,
+    `media.kernel`) where the host allows it, the rest by the relay process."""
+
     name = "softswitch"
-    label = "softswitch media.Relay"
+    label = "softswitch media.Relay, media.kernel: auto"
+    kernel = "auto"
 
     def start(self) -> None:
-        self._start()
+        self._start(f"--kernel={self.kernel}")
 
     def _start(self, *options: str) -> None:
         proc = self._spawn(
@@ -137,6 +207,7 @@ class Softswitch(_JsonLines):
                 sys.executable,
                 str(SERVER),
                 "relay",
+                f"--host={HOSTS.relay}",
                 f"--port-min={PORT_MIN}",
                 f"--port-max={PORT_MAX}",
                 *options,
@@ -147,12 +218,17 @@ class Softswitch(_JsonLines):
         assert proc.stdout
         hello = self._read(proc.stdout)
         self.loop = hello["loop"]
+        self.in_kernel = hello.get("kernel", False)
+        if self.kernel == "auto":
+            self.label = "softswitch media.Relay, " + (
+                "kernel forwarding (eBPF)" if self.in_kernel else "kernel forwarding unavailable"
+            )
 
     def calls(
         self, n: int, a: tuple[str, int], b: tuple[str, int]
     ) -> list[tuple[tuple[str, int], tuple[str, int]]]:
         ports = self._request({"op": "calls", "n": n, "a": list(a), "b": list(b)})["ports"]
-        return [(("127.0.0.1", pa), ("127.0.0.1", pb)) for pa, pb in ports]
+        return [((HOSTS.relay, pa), (HOSTS.relay, pb)) for pa, pb in ports]
 
     def counters(self) -> str:
         t = self._request({"op": "totals"})
@@ -160,6 +236,14 @@ class Softswitch(_JsonLines):
             f"relay counters: in {t['rtp_packets_in']} out {t['rtp_packets_out']} "
             f"lost {t['lost']} foreign {t['foreign_packets']} dropped {t['dropped_packets']}"
         )
+
+
+class SoftswitchUser(Softswitch):
+    """Every packet through the relay process (media.kernel: off)."""
+
+    name = "softswitch-user"
+    label = "softswitch media.Relay, media.kernel: off (userspace)"
+    kernel = "off"
 
 
 class SoftswitchWorkers(Softswitch):
@@ -175,7 +259,7 @@ class SoftswitchWorkers(Softswitch):
         self.label = f"softswitch media.workers x{workers}"
 
     def start(self) -> None:
-        self._start(f"--workers={self.workers}")
+        self._start(f"--workers={self.workers}", "--kernel=off")
 
     def cpu_ticks(self) -> int:
         return tree_cpu_ticks(self.pid)
@@ -187,7 +271,13 @@ class Floor(Softswitch):
 
     def start(self) -> None:
         proc = self._spawn(
-            [sys.executable, str(SERVER), "floor", f"--port-min={PORT_MIN}"],
+            [
+                sys.executable,
+                str(SERVER),
+                "floor",
+                f"--host={HOSTS.relay}",
+                f"--port-min={PORT_MIN}",
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -205,7 +295,9 @@ class Echo(_JsonLines):
 
     def start(self) -> None:
         proc = self._spawn(
-            [sys.executable, str(SERVER), "echo"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, str(SERVER), "echo", f"--host={HOSTS.relay}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         assert proc.stdout
         self.ports = self._read(proc.stdout)["ports"]
@@ -214,7 +306,7 @@ class Echo(_JsonLines):
         self, n: int, a: tuple[str, int], b: tuple[str, int]
     ) -> list[tuple[tuple[str, int], tuple[str, int]]]:
         pa, pb = self.ports
-        return [(("127.0.0.1", pa), ("127.0.0.1", pb))] * n
+        return [((HOSTS.relay, pa), (HOSTS.relay, pb))] * n
 
 
 # rtpengine's ng control protocol: "<cookie> <bencoded dict>" over UDP.
@@ -255,8 +347,9 @@ def bdecode(data: bytes, i: int = 0) -> tuple[Any, int]:
 
 
 def _sdp(port: int) -> str:
+    host = HOSTS.phones
     return (
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=bench\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
         f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n"
     )
 
@@ -284,8 +377,8 @@ class Rtpengine(Target):
             "--foreground",
             "--log-stderr",
             "--log-level=4",  # warnings: nothing per packet or per call
-            "--interface=127.0.0.1",
-            f"--listen-ng=127.0.0.1:{ng_port}",
+            f"--interface={HOSTS.relay}",
+            f"--listen-ng={HOSTS.relay}:{ng_port}",
             f"--port-min={PORT_MIN}",
             f"--port-max={PORT_MAX}",
             "--table=-1",  # no kernel forwarding: userspace only
@@ -316,7 +409,7 @@ class Rtpengine(Target):
     def _ng(self, message: dict[str, Any]) -> dict[str, Any]:
         self._cookie += 1
         cookie = b"%d_bench" % self._cookie
-        self.ng.sendto(cookie + b" " + bencode(message), ("127.0.0.1", self.ng_port))
+        self.ng.sendto(cookie + b" " + bencode(message), (HOSTS.relay, self.ng_port))
         while True:
             data = self.ng.recv(65536)
             got, _, body = data.partition(b" ")
@@ -347,7 +440,7 @@ class Rtpengine(Target):
                 self._ng({"command": "answer", **call, "to-tag": "b", "sdp": _sdp(b[1])}),
                 "answer",
             )
-            result.append((("127.0.0.1", a_sends_to), ("127.0.0.1", b_sends_to)))
+            result.append(((HOSTS.relay, a_sends_to), (HOSTS.relay, b_sends_to)))
         return result
 
     def stop(self) -> None:
