@@ -234,6 +234,7 @@ class RtpPort(Port):
         "jitter",
         "kernel",
         "kernel_key",
+        "kernel_packets",
         "kernel_plan",
         "kernel_refused",
         "kernel_seen",
@@ -259,6 +260,7 @@ class RtpPort(Port):
         self.kernel_plan: tuple[bytes, tuple[Addr, Addr], int] | None = None
         self.kernel_seen = (0, 0, 0)
         self.kernel_refused: Addr | None = None
+        self.kernel_packets = 0  # of `packets`, forwarded by the kernel
         self.conn: socket.socket | None = None
         self.conn_recv: Callable[[bytearray], int] = _no_packet
         self.conn_to: Addr | None = None
@@ -409,6 +411,7 @@ class RtpPort(Port):
         seen_packets, seen_octets, seen_uncounted = self.kernel_seen
         self.kernel_seen = (entry.packets, entry.octets, entry.uncounted)
         self.packets += entry.packets - seen_packets
+        self.kernel_packets += entry.packets - seen_packets
         self.octets += entry.octets - seen_octets
         self.uncounted += entry.uncounted - seen_uncounted
         if entry.packets > entry.uncounted:

@@ -56,6 +56,11 @@ class RelayCollector(Collector):
             "Accepted packets that could not be sent on (no destination or send error)",
             value=t.dropped_packets,
         )
+        yield CounterMetricFamily(
+            "softswitch_rtp_kernel_packets",
+            "RTP packets in that the kernel forwarded (media.kernel), of softswitch_rtp_packets",
+            value=t.rtp_packets_kernel,
+        )
         yield GaugeMetricFamily("softswitch_media_sessions", "Relay sessions open", t.sessions)
         yield CounterMetricFamily(
             "softswitch_media_sessions_allocated",

@@ -238,7 +238,7 @@ class RelaySession:
         rtp, rtcp = leg.rtp, leg.rtcp
         return (rtp.packets, rtp.octets, other.rtp.sent, other.rtp.sent_octets, rtcp.packets,
                 other.rtcp.sent, rtp.lost(), rtp.foreign + rtcp.foreign,
-                rtp.dropped + rtcp.dropped)  # fmt: skip
+                rtp.dropped + rtcp.dropped, rtp.kernel_packets)  # fmt: skip
 
     def stats(self) -> SessionStats:
         if self._final is not None:
@@ -345,7 +345,7 @@ class Relay:
         self._sessions_total = 0
         self._allocation_failures = 0
         self._timeouts = 0
-        self._done = [0] * 9  # counters of closed sessions, in `_leg_totals` order
+        self._done = [0] * len(LEG_COUNTERS)  # counters of closed sessions, in that order
         self._jitter_buckets = [0] * (len(JITTER_BOUNDS_MS) + 1)
         self._jitter_sum = 0.0
         self._check_every = min(1.0, config.timeout / 4, config.silent_timeout / 4)
@@ -459,6 +459,7 @@ class Relay:
             lost=t[6],
             foreign_packets=t[7],
             dropped_packets=t[8],
+            rtp_packets_kernel=t[9],
             jitter_buckets=tuple(self._jitter_buckets),
             jitter_sum_ms=self._jitter_sum,
         )

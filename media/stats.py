@@ -41,6 +41,8 @@ class LegStats:
     cumulative number of packets lost, A.3; the interarrival jitter, A.8, in milliseconds).
     `foreign_packets` came from sources the latching rules refused; `dropped_packets` were
     accepted but could not be sent on (no destination known yet, or the send failed).
+    `kernel_packets` of `packets_in` were forwarded by the kernel (`media.kernel`), not by
+    the relay process.
     """
 
     side: Side
@@ -55,6 +57,7 @@ class LegStats:
     jitter_ms: float
     foreign_packets: int
     dropped_packets: int
+    kernel_packets: int
     remote: Addr | None  # from SDP
     latched: Addr | None  # where RTP for this phone goes now
     rtcp_latched: Addr | None
@@ -74,6 +77,7 @@ LEG_COUNTERS: Final = (
     "lost",
     "foreign_packets",
     "dropped_packets",
+    "kernel_packets",
 )
 
 
@@ -121,6 +125,7 @@ class RelayTotals:
     lost: int
     foreign_packets: int
     dropped_packets: int
+    rtp_packets_kernel: int  # of rtp_packets_in, forwarded by the kernel
     # Final jitter of each closed leg that received RTP, counted into buckets (ms, upper
     # bounds) for a Prometheus histogram; the last bucket is +Inf.
     jitter_buckets: tuple[int, ...]

@@ -679,7 +679,8 @@ def _zero(side: Side, leg: _Leg) -> LegStats:
         remote = normalize(leg.remote[0], leg.remote[1])
     return LegStats(side=side, local=leg.local, packets_in=0, bytes_in=0, packets_out=0,
                     bytes_out=0, rtcp_packets_in=0, rtcp_packets_out=0, lost=0, jitter_ms=0.0,
-                    foreign_packets=0, dropped_packets=0, remote=remote, latched=None,
+                    foreign_packets=0, dropped_packets=0, kernel_packets=0, remote=remote,
+                    latched=None,
                     rtcp_latched=None, ssrc=None, last_packet_at=None,
                     on_hold=leg.on_hold)  # fmt: skip
 

@@ -280,6 +280,9 @@ async def test_latched_streams_are_forwarded_by_the_kernel_both_ways(phones: Pho
     assert (stats.a.packets_in, stats.b.packets_out, stats.a.lost) == (30, 30, 0)
     assert (stats.b.packets_in, stats.a.packets_out, stats.b.lost) == (30, 30, 0)
     assert stats.b.bytes_out == 30 * 172
+    assert (stats.a.kernel_packets, stats.b.kernel_packets) == (29, 29)
+    session.close()
+    assert (relay.totals().rtp_packets_in, relay.totals().rtp_packets_kernel) == (60, 58)
     relay.close()
 
 
