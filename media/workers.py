@@ -225,7 +225,8 @@ class WorkerSession:
         legs = {}
         before = self._snapshot
         for side, leg in self._legs.items():
-            values = counts[:9] if side is Side.A else counts[9:]
+            width = len(LEG_COUNTERS)
+            values = counts[:width] if side is Side.A else counts[width:]
             named: dict[str, Any] = dict(zip(LEG_COUNTERS, values, strict=True))
             known = None if before is None else (before.a if side is Side.A else before.b)
             legs[side] = replace(known or _zero(side, leg), **named)

@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from media import MediaTimeout, RelayConfig, Side
+from media.worker import STATS_EVERY
 from media.worker_engine import EngineSettings
 from media.workers import RelayPool, WorkerSession
 from tests.media.conftest import Phone, port_range, rtp
@@ -93,6 +94,19 @@ async def test_relays_both_ways_and_the_final_counters_come_back(
     await pool.refresh()
     totals = pool.totals()
     assert (totals.rtp_packets_in, totals.sessions, totals.pairs_in_use) == (12, 0, 0)
+
+
+async def test_the_workers_periodic_report_gives_live_counters_unasked(
+    make_pool: MakePool, phones: Phones
+) -> None:
+    pool = await make_pool(workers=1)
+    session, a, b = call(pool, phones)
+    for i in range(3):
+        await talk(session, a, b, i)
+    await asyncio.sleep(STATS_EVERY + 1.5)  # every session's counters, every STATS_EVERY s
+    stats = session.stats()
+    assert (stats.a.packets_in, stats.b.packets_out, stats.b.packets_in) == (3, 3, 3)
+    assert stats.a.kernel_packets == stats.b.kernel_packets  # whichever way they went
 
 
 async def test_a_calls_sessions_share_a_worker_and_calls_spread(make_pool: MakePool) -> None:
