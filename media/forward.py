@@ -65,6 +65,7 @@ _U32: Final = struct.Struct("!I").unpack_from
 _clock: Final = time.monotonic
 _MAX_DROPOUT: Final = 3000  # RFC 3550 A.1
 _SEQ_JUMP: Final = 65536 - 100  # RTP_SEQ_MOD - MAX_MISORDER
+_MAX_MISSED: Final = 50  # see `RtpPort._bypassed`
 _TOS_EF: Final = 0xB8  # DSCP EF (RFC 3246), what phones and rtpengine mark voice with
 
 
@@ -234,6 +235,7 @@ class RtpPort(Port):
         "jitter",
         "kernel",
         "kernel_key",
+        "kernel_missed",
         "kernel_packets",
         "kernel_plan",
         "kernel_refused",
@@ -261,6 +263,7 @@ class RtpPort(Port):
         self.kernel_seen = (0, 0, 0)
         self.kernel_refused: Addr | None = None
         self.kernel_packets = 0  # of `packets`, forwarded by the kernel
+        self.kernel_missed = 0  # packets that reached the socket with an entry installed
         self.conn: socket.socket | None = None
         self.conn_recv: Callable[[bytearray], int] = _no_packet
         self.conn_to: Addr | None = None
@@ -344,6 +347,7 @@ class RtpPort(Port):
             self.kernel_refused = self.latch.source
             return
         self.kernel_key, self.kernel_plan, self.kernel_seen = k, plan, (0, 0, 0)
+        self.kernel_missed = 0
 
     def _kernel_plan(self, kernel: KernelPath) -> tuple[bytes, tuple[Addr, Addr], int] | None:
         source = self.latch.source
@@ -390,6 +394,18 @@ class RtpPort(Port):
             self.reclaim()
         else:
             self._absorb(entry)
+
+    def _bypassed(self) -> None:
+        """A packet of an installed stream reached the socket without being handed back: one
+        queued before the entry, or the stream comes in where the program does not see it (an
+        interface it is not attached to). The latter would cost a table read per packet: after
+        a few, the stream stays with the relay."""
+        self.kernel_missed += 1
+        if self.kernel_missed > _MAX_MISSED:
+            _log.warning("media kernel forwarding bypassed", call_id=self.call_id,
+                         side=str(self.side), source=str(self.latch.source))  # fmt: skip
+            self.reclaim()
+            self.kernel_refused = self.latch.source
 
     def reclaim(self) -> None:
         """Stop kernel forwarding of this port's stream, counters taken in."""
@@ -481,6 +497,8 @@ class RtpPort(Port):
         # and `sent` are differences (`uncounted`, `dropped`), not increments.
         if self.kernel_key is not None:
             self.pull()  # the kernel handed the stream back, or this packet came before it
+            if self.kernel_key is not None:
+                self._bypassed()
         self.packets += 1
         self.octets += n
         if n >= 12:

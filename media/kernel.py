@@ -21,6 +21,10 @@ to confirm or a burst of loss to count), a route the program cannot take -- mark
 relay has taken the entry's counters back (`RtpPort` in `media.forward`) and installs a
 fresh entry. So the relay's counters stay the RFC's, exactly, whichever side counted a packet.
 
+Interfaces that appear later are attached within ten seconds (`follow_interfaces`, from the
+relay's tick); a stream whose packets still reach the relay's socket with its entry installed
+(an interface the program does not see) is taken back after a few (`RtpPort._bypassed`).
+
 Not done here: RTCP (a few packets per call), IPv6, VLAN-tagged egress, DSCP marking (kernel-
 forwarded packets keep the sender's TOS), media addresses that are secondary addresses of an
 interface (the egress interface is the one whose primary address is the media address).
@@ -293,22 +297,40 @@ class KernelPath:
     def __init__(self, *, address: str, capacity: int) -> None:
         self.address = address
         self._map = bpf.HashMap("softswitch_rtp", KEY_SIZE, VALUE_SIZE, capacity)
-        self._links: list[int] = []
+        self._links: dict[int, int] = {}  # ifindex -> link descriptor
         self._prog = -1
+        self._local: set[str] = set()
+        self._egress = 0
         try:
             self._prog = bpf.load_program("softswitch_rtp", program(self._map.fd))
-            addresses = interface_addresses()
-            for index, _ in sorted(socket.if_nameindex()):
-                self._links.append(bpf.attach_tcx_ingress(self._prog, index))
+            self.follow_interfaces()
         except BaseException:
             self.close()
             raise
-        self._local = {addr for addr, _ in addresses} | {address}
+
+    @property
+    def interfaces(self) -> int:
+        return len(self._links)
+
+    def follow_interfaces(self) -> None:
+        """Attach to interfaces that appeared since the last call (a VLAN, a VPN, a NIC up
+        after boot) and learn the host's addresses again (the links of interfaces that went
+        away went with them)."""
+        present = {index for index, _ in socket.if_nameindex()}
+        for index in sorted(present - self._links.keys()):
+            try:
+                self._links[index] = bpf.attach_tcx_ingress(self._prog, index)
+            except bpf.BpfError as e:
+                if e.errno != 19 or not self._links:  # ENODEV: it went away meanwhile
+                    raise
+        for index in self._links.keys() - present:
+            os.close(self._links.pop(index))
+        addresses = interface_addresses()
+        self._local = {addr for addr, _ in addresses} | {self.address}
         # Remote phones are reached out of the interface that holds the media address (none
         # from loopback: a relay bound there only has phones on this host).
-        egress = next((index for addr, index in addresses if addr == address), 0)
-        self._egress = 0 if ip_address(address).is_loopback else egress
-        self.interfaces = len(self._links)
+        egress = next((index for addr, index in addresses if addr == self.address), 0)
+        self._egress = 0 if ip_address(self.address).is_loopback else egress
 
     def route(self, source: Addr, dest: Addr) -> int | None:
         """The entry's ifindex for packets from `source` relayed to `dest`: 0 to deliver on
@@ -376,7 +398,7 @@ class KernelPath:
         return bpf.test_run(self._prog, packet)
 
     def close(self) -> None:
-        for link in self._links:
+        for link in self._links.values():
             os.close(link)
         self._links.clear()
         if self._prog >= 0:

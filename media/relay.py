@@ -340,6 +340,7 @@ class Relay:
             self._poller = Poller()
             self._loop.add_reader(self._poller.fileno(), self._poller.ready)
         self.kernel = _kernel_path(config)
+        self._ticks = 0
         self._sessions: set[RelaySession] = set()
         self._adopted: set[int] = set()  # RTP ports of legs whose sockets we were given
         self._sessions_total = 0
@@ -588,6 +589,12 @@ class Relay:
                 self._jitter_buckets[bucket] += 1
         _log.debug("media closed", call_id=session.call_id)
 
+    def _follow_interfaces(self, kernel: KernelPath) -> None:
+        try:
+            kernel.follow_interfaces()
+        except (BpfError, OSError) as e:
+            _log.warning("media kernel forwarding: a new interface refused", error=str(e))
+
     def _timed_out(self, session: RelaySession, event: MediaTimeout) -> None:
         self._timeouts += 1
         handler = session._on_timeout
@@ -597,6 +604,9 @@ class Relay:
 
     def _check_timeouts(self) -> None:
         if self.kernel is not None:
+            self._ticks += 1
+            if self._ticks % 10 == 0:
+                self._follow_interfaces(self.kernel)
             table = self.kernel.sweep()
             for session in self._sessions:
                 for leg in session._legs.values():

@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -378,6 +379,45 @@ async def test_kernel_on_with_every_interface_bound_is_refused() -> None:
     relay = Relay(RelayConfig(address="0.0.0.0", advertise="203.0.113.5", **port_range()))
     assert relay.kernel is None  # auto: the relay carries every packet itself
     relay.close()
+
+
+async def test_a_stream_the_program_does_not_see_stays_with_the_relay(phones: Phones) -> None:
+    # Its packets come in where the program is not attached (here: detached from everything),
+    # so each would reach the socket with its entry installed: the relay keeps the stream
+    # after a few rather than read the table for every packet.
+    relay = kernel_relay()
+    a, b = phones(), phones()
+    session, _ = await talk(relay, a, b, [rtp(seq, seq * 160, ssrc=0xA) for seq in range(3)])
+    assert relay.kernel is not None
+    k = key(a.addr, rtp_port(session, Side.A))
+    assert relay.kernel.read(k) is not None
+    for link in relay.kernel._links.values():
+        os.close(link)
+    relay.kernel._links.clear()
+    for seq in range(3, 63):
+        a.send(rtp(seq, seq * 160, ssrc=0xA), rtp_port(session, Side.A))
+        assert (await b.recv())[0] == rtp(seq, seq * 160, ssrc=0xA)
+    assert relay.kernel.read(k) is None
+    stats = session.close()
+    assert (stats.a.packets_in, stats.b.packets_out, stats.a.lost) == (63, 63, 0)
+    relay.close()
+
+
+async def test_interfaces_that_appear_later_are_followed() -> None:
+    path = KernelPath(address="127.0.0.1", capacity=4)
+    name = f"ssk{os.getpid() % 100000}d"
+    before = path.interfaces
+    try:
+        subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"],
+                       check=True)  # fmt: skip
+        path.follow_interfaces()
+        assert path.interfaces == before + 2
+        subprocess.run(["ip", "link", "del", name], check=True)
+        path.follow_interfaces()
+        assert path.interfaces == before
+    finally:
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+        path.close()
 
 
 async def test_relays_of_two_processes_share_an_interface(make_relay: MakeRelay,
