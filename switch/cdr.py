@@ -137,6 +137,7 @@ class LegRecord:
     referred_by: str | None = None  # role 'target': the extension that transferred
     answered_at: float | None = None  # when this leg's party was in the call, if it was
     ended_at: float | None = None
+    kernel_packets: int = 0  # of packets_in, forwarded by the kernel (media.kernel)
 
     def with_media(self, stats: LegStats, since: LegStats | None = None) -> LegRecord:
         """The relay counters of ``stats``, less those of ``since`` (what came before)."""
@@ -150,6 +151,7 @@ class LegRecord:
             lost=max(0, stats.lost - (since.lost if since else 0)),
             jitter_ms=round(stats.jitter_ms, 3),
             latched=latched,
+            kernel_packets=stats.kernel_packets - (since.kernel_packets if since else 0),
         )
 
 

@@ -127,6 +127,8 @@ call_legs = Table(
     Column("referred_by", String, nullable=True),
     Column("answered_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
+    # Of packets_in, those the kernel forwarded (media.kernel); 0 for calls before it.
+    Column("kernel_packets", Integer, nullable=False, server_default="0"),
 )
 
 # Operators write the database (sqlite://, postgresql://); the driver is ours to choose.

@@ -107,7 +107,7 @@ async def test_a_database_made_before_migrations_is_upgraded_keeping_its_rows(
     assert calls == [{**call, "recording_seconds": None} for call in calls_before]  # 0002
     assert rows(path, "SELECT * FROM registrations") == registrations_before
     legs = rows(path, "SELECT * FROM call_legs ORDER BY leg")
-    new = {"referred_by": None, "answered_at": None, "ended_at": None}
+    new = {"referred_by": None, "answered_at": None, "ended_at": None, "kernel_packets": 0}
     assert legs == [{**leg, **new} for leg in legs_before]
 
 

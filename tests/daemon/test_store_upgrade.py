@@ -30,6 +30,7 @@ def test_the_daemon_migrates_an_old_store_and_keeps_its_calls(
     added = "added referred_by, answered_at, ended_at"
     assert f"adopted table call_legs made before migrations: {added}" in steps, steps
     assert "added calls.recording_seconds" in steps, steps  # revision 0002
+    assert "added call_legs.kernel_packets" in steps, steps  # revision 0003
     port = register_callee(daemon, work)
     with callee(daemon, work, "call_uas_answer.xml", port) as uas:
         caller = call(daemon, work, "call_uac_bye.xml")
@@ -38,8 +39,8 @@ def test_the_daemon_migrates_an_old_store_and_keeps_its_calls(
     before, new = records(daemon, count=2)
     assert [before] == [{**row, "recording_seconds": None} for row in old_call]
     legs = call_legs(daemon, "old-call")
-    assert legs == [{**leg, "referred_by": None, "answered_at": None, "ended_at": None}
-                    for leg in old_legs]  # fmt: skip
+    assert legs == [{**leg, "referred_by": None, "answered_at": None, "ended_at": None,
+                     "kernel_packets": 0} for leg in old_legs]  # fmt: skip
     assert new["disposition"] == "answered"
     answered = [leg for leg in call_legs(daemon, new["call_id"]) if leg["answered"]]
     assert [leg["role"] for leg in answered] == ["caller", "callee"]
