@@ -148,8 +148,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--media-ports",
-        default="42000-49999",
-        help="softswitch's RTP port range (default 42000-49999, away from other benches)",
+        default="10000-31999",
+        help="softswitch's RTP port range (default 10000-31999: below the ephemeral ports, "
+        "where sipp's sockets are; 11000 pairs, which 10 s of quarantine and 2 pairs a call "
+        "turn into 550 calls/s)",
     )
     parser.add_argument(
         "--server-core", type=int, help="the core each server runs on (default: the last)"
@@ -178,7 +180,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown server(s) {unknown}; expected some of {list(SERVERS)}")
     low, _, high = args.media_ports.partition("-")
     if not (low.isdigit() and high.isdigit() and int(low) < int(high)):
-        parser.error("--media-ports: expected LOW-HIGH, e.g. 42000-49999")
+        parser.error("--media-ports: expected LOW-HIGH, e.g. 10000-31999")
     args.media_range = (int(low), int(high))
     args.user_list = bench_users(args.users)
     return args

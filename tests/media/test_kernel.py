@@ -322,15 +322,24 @@ async def test_a_foreign_source_never_reaches_the_kernels_table(phones: Phones) 
     relay.close()
 
 
-async def test_hold_and_hang_up_take_the_stream_back_from_the_kernel(phones: Phones) -> None:
+async def in_kernel(
+    phones: Phones, packets: int
+) -> tuple[Relay, KernelPath, RelaySession, Phone, Phone, bytes]:
+    """A call in which A has sent `packets` and its stream is now the kernel's: the relay, its
+    kernel path, the session, the phones, and A's key in the table."""
     relay = kernel_relay()
     a, b = phones(), phones()
-    session, _ = await talk(relay, a, b, [rtp(seq, seq * 160, ssrc=0xA) for seq in range(5)])
+    session, _ = await talk(relay, a, b, [rtp(seq, seq * 160, ssrc=0xA) for seq in range(packets)])
     assert relay.kernel is not None
     k = key(a.addr, rtp_port(session, Side.A))
     assert relay.kernel.read(k) is not None
+    return relay, relay.kernel, session, a, b, k
+
+
+async def test_hold_and_hang_up_take_the_stream_back_from_the_kernel(phones: Phones) -> None:
+    relay, kernel, session, a, b, k = await in_kernel(phones, 5)
     session.set_remote(Side.B, "0.0.0.0", 0)  # B holds: nothing may go to B
-    assert relay.kernel.read(k) is None
+    assert kernel.read(k) is None
     a.send(rtp(5, 800, ssrc=0xA), rtp_port(session, Side.A))
     assert await b.silent()
     await until(lambda: session.stats().a.dropped_packets == 1)
@@ -338,11 +347,11 @@ async def test_hold_and_hang_up_take_the_stream_back_from_the_kernel(phones: Pho
     for seq in (6, 7, 8):
         a.send(rtp(seq, seq * 160, ssrc=0xA), rtp_port(session, Side.A))
         assert (await b.recv())[0] == rtp(seq, seq * 160, ssrc=0xA)
-    entry = relay.kernel.read(k)
+    entry = kernel.read(k)
     assert entry is not None and entry.packets >= 2
     final = session.close()
     assert (final.a.packets_in, final.b.packets_out, final.a.lost) == (9, 8, 0)
-    assert relay.kernel.read(k) is None  # closed: the port's packets go nowhere
+    assert kernel.read(k) is None  # closed: the port's packets go nowhere
     a.send(rtp(9, 1440, ssrc=0xA), rtp_port(session, Side.A))
     assert await b.silent()
     relay.close()
@@ -385,19 +394,14 @@ async def test_a_stream_the_program_does_not_see_stays_with_the_relay(phones: Ph
     # Its packets come in where the program is not attached (here: detached from everything),
     # so each would reach the socket with its entry installed: the relay keeps the stream
     # after a few rather than read the table for every packet.
-    relay = kernel_relay()
-    a, b = phones(), phones()
-    session, _ = await talk(relay, a, b, [rtp(seq, seq * 160, ssrc=0xA) for seq in range(3)])
-    assert relay.kernel is not None
-    k = key(a.addr, rtp_port(session, Side.A))
-    assert relay.kernel.read(k) is not None
-    for link in relay.kernel._links.values():
+    relay, kernel, session, a, b, k = await in_kernel(phones, 3)
+    for link in kernel._links.values():
         os.close(link)
-    relay.kernel._links.clear()
+    kernel._links.clear()
     for seq in range(3, 63):
         a.send(rtp(seq, seq * 160, ssrc=0xA), rtp_port(session, Side.A))
         assert (await b.recv())[0] == rtp(seq, seq * 160, ssrc=0xA)
-    assert relay.kernel.read(k) is None
+    assert kernel.read(k) is None
     stats = session.close()
     assert (stats.a.packets_in, stats.b.packets_out, stats.a.lost) == (63, 63, 0)
     relay.close()
