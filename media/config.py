@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +43,7 @@ class RelayConfig:
     # Forward latched RTP in the kernel (`media.kernel`, eBPF at tcx ingress): "auto" where the
     # kernel allows it (Linux 6.6+, CAP_BPF and CAP_NET_ADMIN), else in this process; "on"
     # refuses to start without it; "off" never.
-    kernel: str = "auto"
+    kernel: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("address", "advertise"):

@@ -19,7 +19,7 @@ An RTP port has two sockets on the same address and port (SO_REUSEPORT):
 Below both, where the host allows it, the kernel itself (`media.kernel`): once a stream is
 latched and its SSRC known, `offload` installs an entry for it in an eBPF program's table,
 and its packets no longer reach these sockets at all. The port keeps the counters: it takes
-the kernel's in (`pull`) when asked for them and every second, and takes the stream back
+the kernel's in every second (`kernel_tick`) and when asked (`pull`), and takes the stream back
 (`reclaim`) when the latch changes, the call ends, or the program hands it back because
 RFC 3550 needs a decision (a new SSRC, a sequence jump). A packet that reaches `forward`
 while an entry is installed is such a hand-back (or one queued before the entry), so the
@@ -48,7 +48,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import structlog
@@ -66,6 +66,8 @@ _clock: Final = time.monotonic
 _MAX_DROPOUT: Final = 3000  # RFC 3550 A.1
 _SEQ_JUMP: Final = 65536 - 100  # RTP_SEQ_MOD - MAX_MISORDER
 _MAX_MISSED: Final = 50  # see `RtpPort._bypassed`
+# A stream's kernel entry: its key, (our other port, the phone it goes to), its ifindex.
+_Plan = tuple[bytes, tuple[Addr, Addr], int]
 _TOS_EF: Final = 0xB8  # DSCP EF (RFC 3246), what phones and rtpengine mark voice with
 
 
@@ -234,7 +236,6 @@ class RtpPort(Port):
         "cycles",
         "jitter",
         "kernel",
-        "kernel_key",
         "kernel_missed",
         "kernel_packets",
         "kernel_plan",
@@ -251,15 +252,13 @@ class RtpPort(Port):
 
     is_rtp = True
 
-    def __init__(
-        self, wild: socket.socket, *, kernel: KernelPath | None = None, **port: Any
-    ) -> None:
+    def __init__(self, wild: socket.socket, **port: Any) -> None:
         super().__init__(wild, **port)  # Port's keyword arguments
-        # Kernel forwarding (`media.kernel`): the entry installed for the latched stream, what
-        # it was made of, its counters already taken in, and a source it could not route.
-        self.kernel = kernel
-        self.kernel_key: bytes | None = None
-        self.kernel_plan: tuple[bytes, tuple[Addr, Addr], int] | None = None
+        # Kernel forwarding (`media.kernel`, set by the relay): the entry installed for the
+        # latched stream (its key, where it sends, how), its counters already taken in, and a
+        # source the kernel could not carry.
+        self.kernel: KernelPath | None = None
+        self.kernel_plan: _Plan | None = None
         self.kernel_seen = (0, 0, 0)
         self.kernel_refused: Addr | None = None
         self.kernel_packets = 0  # of `packets`, forwarded by the kernel
@@ -346,10 +345,9 @@ class RtpPort(Port):
             _log.warning("media kernel entry refused", call_id=self.call_id, error=str(e))
             self.kernel_refused = self.latch.source
             return
-        self.kernel_key, self.kernel_plan, self.kernel_seen = k, plan, (0, 0, 0)
-        self.kernel_missed = 0
+        self.kernel_plan, self.kernel_seen, self.kernel_missed = plan, (0, 0, 0), 0
 
-    def _kernel_plan(self, kernel: KernelPath) -> tuple[bytes, tuple[Addr, Addr], int] | None:
+    def _kernel_plan(self, kernel: KernelPath) -> _Plan | None:
         source = self.latch.source
         peer = self.peer
         if (
@@ -368,28 +366,21 @@ class RtpPort(Port):
             return None
         return key(source, (self.address, self.port)), ((peer.address, peer.port), dest), ifindex
 
-    def kernel_tick(self, table: dict[bytes, tuple[bool, float]]) -> None:
-        """Once a second or so, with the kernel's table (`KernelPath.sweep`): keep the last
-        arrival fresh (media timeouts), take back a stream the kernel handed back, and hand a
-        latched stream over (again) if the relay agrees (`offload`). Counters are taken in
-        when they are asked for (`pull`), not here."""
-        k = self.kernel_key
-        if k is not None:
-            row = table.get(k)
-            if row is not None and not row[0]:
-                if row[1] > self.last_arrival:
-                    self.last_arrival = row[1]
-                return
-            self.reclaim()
-        if self.latch.source is not None:
+    def kernel_tick(self, entries: Mapping[bytes, Entry]) -> None:
+        """Once a second or so, with the whole kernel table (`KernelPath.entries`): `pull`,
+        and hand a latched stream over (again) if the relay agrees (`offload`)."""
+        self.pull(entries)
+        if self.kernel_plan is None and self.latch.source is not None:
             self.offload(drain=True)
 
-    def pull(self) -> None:
-        """Bring the counters up to date with the kernel's (nothing to do without an entry)."""
-        k = self.kernel_key
-        if k is None or self.kernel is None:
+    def pull(self, entries: Mapping[bytes, Entry] | None = None) -> None:
+        """Bring the counters (and the last arrival, for media timeouts) up to date with the
+        kernel's, from `entries` (the whole table, read once for many ports) or by reading
+        this port's; take back a stream the kernel handed back."""
+        plan = self.kernel_plan
+        if plan is None or self.kernel is None:
             return
-        entry = self.kernel.read(k)
+        entry = self.kernel.read(plan[0]) if entries is None else entries.get(plan[0])
         if entry is None or entry.handed_back:
             self.reclaim()
         else:
@@ -409,11 +400,11 @@ class RtpPort(Port):
 
     def reclaim(self) -> None:
         """Stop kernel forwarding of this port's stream, counters taken in."""
-        k = self.kernel_key
-        if k is None or self.kernel is None:
+        plan = self.kernel_plan
+        if plan is None or self.kernel is None:
             return
-        self.kernel_key = self.kernel_plan = None
-        entry = self.kernel.remove(k)
+        self.kernel_plan = None
+        entry = self.kernel.remove(plan[0])
         if entry is None:
             return
         self._absorb(entry)
@@ -421,7 +412,7 @@ class RtpPort(Port):
             if entry.reason == HandBack.ROUTE:
                 self.kernel_refused = self.latch.source
             _log.debug("media handed back", call_id=self.call_id, side=str(self.side),
-                       reason=entry.reason)  # fmt: skip
+                       reason=entry.reason.name)  # fmt: skip
 
     def _absorb(self, entry: Entry) -> None:
         seen_packets, seen_octets, seen_uncounted = self.kernel_seen
@@ -495,9 +486,9 @@ class RtpPort(Port):
         # Per packet: what RFC 3550 needs and nothing more. A packet of the stream being
         # followed costs one unpack, the A.1 sequence step and the A.8 jitter step; `received`
         # and `sent` are differences (`uncounted`, `dropped`), not increments.
-        if self.kernel_key is not None:
+        if self.kernel_plan is not None:
             self.pull()  # the kernel handed the stream back, or this packet came before it
-            if self.kernel_key is not None:
+            if self.kernel_plan is not None:
                 self._bypassed()
         self.packets += 1
         self.octets += n

@@ -37,10 +37,9 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from ipaddress import ip_address
 from typing import Final
-
-import numpy as np
 
 from media import bpf
 from media.bpf import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Asm
@@ -78,19 +77,20 @@ _V_PACKETS, _V_OCTETS, _V_UNCOUNTED, _V_LAST_NS, _V_CYCLES = 32, 40, 48, 56, 64
 _V_MAX_SEQ, _V_LAST_TS, _V_JITTER = 72, 76, 80
 VALUE_SIZE: Final = 88
 _STATE: Final = struct.Struct("<IIIIIQQQQQIIq")  # from _V_IFINDEX on
+_VALUE: Final = struct.Struct("<12x" + _STATE.format[1:])  # the whole value
 HANDED_BACK: Final = 1  # flags bit the program sets
-_ROW: Final = np.dtype(
-    {"names": ["flags", "last_ns"], "formats": ["<u4", "<u8"],
-     "offsets": [_V_FLAGS, _V_LAST_NS], "itemsize": VALUE_SIZE}
-)  # fmt: skip
 
 
-class HandBack:
+class HandBack(IntEnum):
     """Why the program handed a stream back to the relay (`Entry.reason`)."""
 
-    SSRC: Final = 1  # a packet of another RTP stream (RFC 3550 A.1: a new source)
-    SEQUENCE: Final = 2  # a sequence jump: restart or big loss, the relay decides
-    ROUTE: Final = 3  # the program cannot deliver where the entry says
+    NONE = 0  # it did not
+    SSRC = 1  # a packet of another RTP stream (RFC 3550 A.1: a new source)
+    SEQUENCE = 2  # a sequence jump: restart or big loss, the relay decides
+    ROUTE = 3  # the program cannot deliver where the entry says
+
+
+_REASONS: Final = tuple(HandBack)  # by value: the program stores 0-3
 
 
 _MAX_DROPOUT: Final = 3000  # RFC 3550 A.1
@@ -235,9 +235,10 @@ def program(map_fd: int) -> bytes:
     a.call(_REDIRECT_NEIGH)
     a.exit()
 
-    for reason, name in ((HandBack.SSRC, "back_ssrc"), (HandBack.SEQUENCE, "back_sequence"),
-                         (HandBack.ROUTE, "back_route")):  # fmt: skip
-        a.label(name)
+    for reason in HandBack:
+        if reason is HandBack.NONE:
+            continue
+        a.label(f"back_{reason.name.lower()}")
         a.store(R7, _V_REASON, 4, reason)
         a.store(R7, _V_FLAGS, 4, HANDED_BACK)
         a.goto("next")
@@ -252,7 +253,7 @@ class Entry:
     """A stream's forwarding entry as the program left it."""
 
     handed_back: bool
-    reason: int
+    reason: HandBack
     packets: int
     octets: int
     uncounted: int  # forwarded but not RTP of the followed stream (e.g. multiplexed RTCP)
@@ -276,13 +277,17 @@ class Stream:
     jitter: float  # timestamp units
 
 
-def key(source: Addr, local: Addr) -> bytes:
-    """The map key of packets from `source` to our port `local`."""
-    return _pair(source, local)
+def _entry(fields: tuple[int, ...]) -> Entry:
+    """An entry from its value unpacked by `_VALUE`."""
+    (_, flags, reason, _, ns_per_tick, packets, octets, uncounted, last_ns, cycles, max_seq,
+     last_ts, jitter16) = fields  # fmt: skip
+    return Entry(bool(flags & HANDED_BACK), _REASONS[reason], packets, octets, uncounted,
+                 last_ns, cycles, max_seq, last_ts, jitter16 / 16 / ns_per_tick)  # fmt: skip
 
 
-def _pair(src: Addr, dst: Addr) -> bytes:
-    """saddr, daddr, sport, dport as an IPv4 + UDP header has them."""
+def key(src: Addr, dst: Addr) -> bytes:
+    """saddr, daddr, sport, dport as an IPv4 + UDP header has them: the map key of packets
+    from a phone `src` to our port `dst`, and the rewrite of an entry (our port -> a phone)."""
     return socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack("!HH", src[1], dst[1])
 
 
@@ -345,7 +350,7 @@ class KernelPath:
     def install(self, k: bytes, out: tuple[Addr, Addr], ifindex: int, stream: Stream) -> None:
         """Forward packets matching `k` from `out[0]` (our other port) to `out[1]` (a phone)."""
         ns_per_tick = round(1e9 / stream.rate)
-        value = _pair(*out) + _STATE.pack(
+        value = key(*out) + _STATE.pack(
             ifindex, 0, 0, stream.ssrc, ns_per_tick, 0, 0, 0, int(stream.last_arrival * 1e9),
             stream.cycles, stream.max_seq, stream.last_ts,
             round(stream.jitter * ns_per_tick * 16),
@@ -354,35 +359,15 @@ class KernelPath:
 
     def read(self, k: bytes) -> Entry | None:
         raw = self._map.get(k)
-        if raw is None:
-            return None
-        (_, flags, reason, _, ns_per_tick, packets, octets, uncounted, last_ns, cycles,
-         max_seq, last_ts, jitter16) = _STATE.unpack_from(raw, _V_IFINDEX)  # fmt: skip
-        return Entry(
-            handed_back=bool(flags & HANDED_BACK),
-            reason=reason,
-            packets=packets,
-            octets=octets,
-            uncounted=uncounted,
-            last_ns=last_ns,
-            cycles=cycles,
-            max_seq=max_seq,
-            last_ts=last_ts,
-            jitter=jitter16 / 16 / ns_per_tick,
-        )
+        return None if raw is None else _entry(_VALUE.unpack(raw))
 
-    def sweep(self) -> dict[bytes, tuple[bool, float]]:
-        """Every entry's (handed back, last arrival as `time.monotonic()`) in one pass over the
-        table: what the relay's once-a-second tick needs of thousands of streams, in a few
-        system calls instead of one each."""
-        keys, values, n = self._map.dump()
-        if not n:
-            return {}
-        rows = np.frombuffer(values, _ROW, n)
-        handed_back = ((rows["flags"] & HANDED_BACK) != 0).tolist()
-        last = (rows["last_ns"] / 1e9).tolist()
+    def entries(self) -> dict[bytes, Entry]:
+        """Every entry, in a few system calls (one read each would cost thousands of them a
+        second: the relay's tick takes every stream's counters in at once)."""
+        keys, values, _ = self._map.dump()
         return {
-            keys[i * KEY_SIZE : (i + 1) * KEY_SIZE]: (handed_back[i], last[i]) for i in range(n)
+            keys[i * KEY_SIZE : (i + 1) * KEY_SIZE]: _entry(fields)
+            for i, fields in enumerate(_VALUE.iter_unpack(values))
         }
 
     def remove(self, k: bytes) -> Entry | None:

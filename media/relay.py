@@ -10,8 +10,9 @@ one `struct` peek at the RTP header, one `send`, counters as plain ints), latchi
 `media.latch` (sans-IO), the port pool in `media.ports`. Sockets are watched with the event
 loop's `add_reader`. With `media.kernel` (config `kernel: auto`, the default), latched
 streams are forwarded by an eBPF program instead and never wake this process; the relay
-takes the kernel's counters in every second (before the timeout check, so a stream the
-kernel carries keeps its call alive) and whenever a session's counters are asked for.
+takes the kernel's counters in every second, in one read of its whole table (before the
+timeout check, so a stream the kernel carries keeps its call alive), and a session's own
+when its `stats` are asked for (a hang-up's call record is exact).
 
 Timeouts: a leg that sent RTP and then went quiet for `timeout` s ends the call (one
 `MediaTimeout`); a leg on hold, or one that has not sent anything yet, gets `silent_timeout`
@@ -49,7 +50,7 @@ import structlog
 from media.bpf import BpfError
 from media.config import RelayConfig
 from media.forward import Poller, Port, RtpPort, bind_udp
-from media.kernel import KernelPath
+from media.kernel import Entry, KernelPath
 from media.latch import Latch, normalize
 from media.ports import PortAllocator, PortsExhausted
 from media.stats import (
@@ -224,14 +225,14 @@ class RelaySession:
 
     def counts(self) -> tuple[int, ...]:
         """Leg A's counters then leg B's, in `LEG_COUNTERS` order: `stats` without the objects
-        (what a media worker sends the switch every few seconds for each session)."""
-        self._pull()
+        (what a media worker sends the switch every few seconds for each session). What the
+        kernel forwarded is in as of the last `Relay.pull_kernel` (`stats` reads its own)."""
         return self._counts(Side.A) + self._counts(Side.B)
 
-    def _pull(self) -> None:
+    def _pull(self, entries: Mapping[bytes, Entry] | None = None) -> None:
         """Take in what the kernel forwarded for this session (see `media.kernel`)."""
         for leg in self._legs.values():
-            leg.rtp.pull()
+            leg.rtp.pull(entries)
 
     def _counts(self, side: Side) -> tuple[int, ...]:
         leg, other = self._legs[side], self._legs[side.other]
@@ -438,6 +439,7 @@ class Relay:
         """Counters of the sessions closed and open. `live`: the open sessions' `counts`
         already added up (by `add_counts`; a media worker does it a chunk at a time)."""
         if live is None:
+            self.pull_kernel()
             live = [0] * len(self._done)
             for session in self._sessions:
                 add_counts(live, session.counts())
@@ -464,6 +466,14 @@ class Relay:
             jitter_buckets=tuple(self._jitter_buckets),
             jitter_sum_ms=self._jitter_sum,
         )
+
+    def pull_kernel(self) -> None:
+        """Every open session's counters up to date with what the kernel forwarded, from one
+        read of its whole table (before adding them all up: `totals`, a worker's report)."""
+        if self.kernel is not None:
+            entries = self.kernel.entries()
+            for session in self._sessions:
+                session._pull(entries)
 
     def _join(
         self, keep: RelaySession, side: Side, take: RelaySession, take_side: Side
@@ -543,7 +553,7 @@ class Relay:
             rtcp_sock.setblocking(False)
             self._adopted.add(local.rtp_port)
         rtp = make(RtpPort, rtp_sock)
-        rtp.kernel = self.kernel
+        rtp.kernel = self.kernel  # latched RTP may go through it; RTCP always comes here
         leg = _Leg(side, local, rtp, make(Port, rtcp_sock))
         leg.adopted = adopted
         return leg
@@ -607,10 +617,10 @@ class Relay:
             self._ticks += 1
             if self._ticks % 10 == 0:
                 self._follow_interfaces(self.kernel)
-            table = self.kernel.sweep()
+            entries = self.kernel.entries()
             for session in self._sessions:
                 for leg in session._legs.values():
-                    leg.rtp.kernel_tick(table)
+                    leg.rtp.kernel_tick(entries)
         now = time.monotonic()
         config = self.config
         for session in list(self._sessions):

@@ -231,7 +231,9 @@ class Worker:
         """The totals, after adding up every session's counters a chunk per turn of the loop
         (thousands of sessions would hold packets up for milliseconds at once); with the
         sessions' counters ("counts") or full figures ("stats") on the way."""
-        live = live if live is not None else [0] * len(LEG_COUNTERS)
+        if live is None:
+            live = [0] * len(LEG_COUNTERS)
+            self.relay.pull_kernel()
         chunk, rest = sids[:_CHUNK], sids[_CHUNK:]
         sessions = self.sessions
         got = [(s, sessions[s]) for s in chunk if s in sessions]

@@ -168,7 +168,7 @@ def test_the_program_follows_sequence_numbers_as_rfc3550_a1(kernel: KernelPath) 
     assert (entry.cycles, entry.max_seq, entry.packets, entry.handed_back) == (65536, 4, 7, False)
 
 
-def test_a_sweep_sees_every_entry_and_what_the_program_did_to_it() -> None:
+def test_reading_the_whole_table_sees_every_entry_and_what_the_program_did() -> None:
     path = KernelPath(address="127.0.0.1", capacity=1000)
     try:
         keys = [key(("127.0.0.1", 20000 + i), OURS_A) for i in range(700)]
@@ -177,12 +177,14 @@ def test_a_sweep_sees_every_entry_and_what_the_program_did_to_it() -> None:
         phone = ("127.0.0.1", 20005)
         path.trial(frame(phone, OURS_A, rtp(100, 16000, ssrc=0xA)))
         path.trial(frame(phone, OURS_A, rtp(101, 16160, ssrc=0xB)))  # handed back
-        table = path.sweep()
+        table = path.entries()
         assert sorted(table) == sorted(keys)
-        assert [k for k, (back, _) in table.items() if back] == [key(phone, OURS_A)]
+        assert [k for k, entry in table.items() if entry.handed_back] == [key(phone, OURS_A)]
         entry = path.read(key(phone, OURS_A))
         assert entry is not None
-        assert table[key(phone, OURS_A)][1] == entry.last_ns / 1e9 > time.monotonic() - 5
+        assert table[key(phone, OURS_A)] == entry
+        assert entry.last_ns / 1e9 > time.monotonic() - 5
+        assert (entry.packets, entry.reason) == (1, HandBack.SSRC)
     finally:
         path.close()
 
