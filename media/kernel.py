@@ -101,8 +101,6 @@ def program(map_fd: int) -> bytes:
     """The tcx ingress program; `map_fd` is the forwarding table (`KEY_SIZE`/`VALUE_SIZE`)."""
     a = Asm()
     a.mov(R6, R1)  # the skb
-    a.call(_KTIME_GET_NS)
-    a.mov(R9, R0)  # arrival time, CLOCK_MONOTONIC ns: the relay's time.monotonic()
 
     def packet(fail: str) -> None:
         """R2 = data, with its 54 bytes checked (after any helper call, pointers are stale)."""
@@ -144,6 +142,9 @@ def program(map_fd: int) -> bytes:
     a.jump("!=", R4, _LO_IFINDEX, "back_route")
 
     a.label("rtp")
+    # Only now the clock: every packet of every interface passes the checks above.
+    a.call(_KTIME_GET_NS)
+    a.mov(R9, R0)  # arrival time, CLOCK_MONOTONIC ns: the relay's time.monotonic()
     packet("next")
     a.load(R8, 1, R2, _RTP)
     a.alu("and", R8, 0xC0)
