@@ -14,6 +14,11 @@ With SOFTSWITCH_GC_TYPES=N as well, after each full collection (outside the time
 also records the N most common types among the objects the collector tracks, and their total,
 under "types" in the same file: what full collections spend their time walking. Counting walks
 the whole heap, so leave it off when measuring pauses or CPU.
+
+With SOFTSWITCH_GC_GARBAGE=N, each full collection keeps what it found unreachable aside
+(gc.DEBUG_SAVEALL) long enough to record its N most common types under "garbage": the reference
+cycles that only a full collection frees, i.e. what to break so reference counting frees them.
+The kept objects are let go right after and freed by a later collection: a diagnostic only.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from collections import Counter
 
 _PATH = os.environ.get("SOFTSWITCH_GC_PROBE", "")
 _TYPES = int(os.environ.get("SOFTSWITCH_GC_TYPES", "0") or 0)
+_GARBAGE = int(os.environ.get("SOFTSWITCH_GC_GARBAGE", "0") or 0)
 _totals = {str(g): {"count": 0, "seconds": 0.0, "max": 0.0} for g in range(3)}
 _full: list[tuple[float, float, int]] = []  # (wall time at end, seconds, objects collected)
 _started = 0.0
 _written = 0.0
 _types: list[tuple[float, int, list[tuple[str, int]]]] = []  # (wall time, tracked, top types)
+_garbage: list[tuple[float, int, list[tuple[str, int]]]] = []  # (wall time, found, top types)
 
 
 def _write(now: float) -> None:
@@ -39,13 +46,15 @@ def _write(now: float) -> None:
     _written = now
     tmp = _PATH + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"totals": _totals, "full": _full, "types": _types}, f)
+        json.dump({"totals": _totals, "full": _full, "types": _types, "garbage": _garbage}, f)
     os.replace(tmp, _PATH)
 
 
 def _callback(phase: str, info: dict[str, int]) -> None:
     global _started
     if phase == "start":
+        if _GARBAGE and info["generation"] == 2:
+            gc.set_debug(gc.DEBUG_SAVEALL)
         _started = time.perf_counter()
         return
     took = time.perf_counter() - _started
@@ -59,6 +68,11 @@ def _callback(phase: str, info: dict[str, int]) -> None:
         _full.append((now, took, info["collected"]))
         if _TYPES:
             _types.append((now, *_census(_TYPES)))
+        if _GARBAGE:
+            gc.set_debug(0)
+            found = Counter(type(o).__qualname__ for o in gc.garbage)
+            _garbage.append((now, len(gc.garbage), found.most_common(_GARBAGE)))
+            gc.garbage.clear()
     if generation == 2 or now - _written >= 1.0:
         _write(now)
 

@@ -44,6 +44,7 @@ a difference is one (`sent` = packets - dropped, `received` = packets - uncounte
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -161,6 +162,11 @@ class Port:
     def close(self) -> None:
         self.watch(self.wild, None)
         self.wild.close()
+        # Paired ports point at each other (and a new one at itself): a reference cycle that
+        # only a full garbage collection would free, with its sockets and buffers. Unpaired,
+        # a closed call's ports go as soon as the session drops them.
+        with contextlib.suppress(AttributeError):  # closed before
+            del self.peer
 
     def sync(self) -> None:
         """Follow a change of the latch (nothing to do with one socket)."""
