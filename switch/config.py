@@ -118,6 +118,11 @@ class Sip(_Section):
     # RFC 3261 T1, the round-trip estimate (s): retransmissions over UDP start at T1 and an
     # unanswered request gives up after 64*T1 (Timer B/F: 32 s at the default 0.5).
     t1: float = Field(default=0.5, ge=0.05, le=5.0)
+    # Receive buffer of each UDP socket (bytes): what arrives while the process is busy (a
+    # garbage collection, a burst of REGISTERs) waits here instead of being dropped by the
+    # kernel and retransmitted 500 ms later. Linux caps it at net.core.rmem_max unless the
+    # daemon may override that (CAP_NET_ADMIN); the daemon warns when it got less.
+    udp_buffer: int = Field(default=8 << 20, ge=64 << 10, le=1 << 30)
 
 
 class Registrar(_Section):

@@ -97,7 +97,9 @@ class Daemon:
         self.b2bua.attach()
         for spec in config.sip.listen:
             if spec.transport == "udp":
-                listener = await transports.listen_udp(spec.address, spec.port)
+                listener = await transports.listen_udp(
+                    spec.address, spec.port, config.sip.udp_buffer
+                )
             else:
                 tls = None
                 if spec.transport == "tls":

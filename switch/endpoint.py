@@ -248,8 +248,9 @@ class SipEndpoint:
         now = asyncio.get_running_loop().time()
         if txn is None:
             resend = self.transactions.retired_response(request)
-            if resend is not None:
-                self.transports.send(resend, response_peer(request.top_via, peer))
+            if resend is not None and request.method != "ACK":
+                if resend:  # else an INVITE answered 2xx: absorbed (RFC 6026 §7.1)
+                    self.transports.send(resend, response_peer(request.top_via, peer))
                 return
         else:
             txn.receive(request, now)  # a retransmission: the transaction answers it
@@ -317,7 +318,9 @@ class SipEndpoint:
         cancel = txn.request
         invite = self.transactions.invite_for_cancel(cancel)
         if invite is None:
-            self._respond(txn, cancel.response(481, None, to_tag))
+            # An INVITE answered 2xx is retired: there, as in Accepted, nothing to cancel.
+            status = 200 if self.transactions.retired_invite(cancel) else 481
+            self._respond(txn, cancel.response(status, None, to_tag))
             return
         self._respond(txn, cancel.response(200, None, to_tag))
         server_request = self._server_requests.get(invite)
@@ -477,9 +480,7 @@ class SipEndpoint:
         handle = self._timers.pop(txn, None)
         if handle is not None:
             handle.cancel()
-        if txn.terminated or (
-            isinstance(txn, ServerNonInviteTransaction) and self.transactions.retire(txn)
-        ):
+        if txn.terminated or (isinstance(txn, ServerTransaction) and self.transactions.retire(txn)):
             self._forget(txn)
             return
         if isinstance(txn, ServerTransaction) and txn.state not in (State.TRYING, State.PROCEEDING):
@@ -500,7 +501,9 @@ class SipEndpoint:
         self.transactions.remove(txn)
         self._peers.pop(txn, None)
         if isinstance(txn, ServerTransaction):
-            self._server_requests.pop(txn, None)
+            server_request = self._server_requests.pop(txn, None)
+            if server_request is not None:
+                server_request.on_cancel = None  # see the end of ``_service``
         elif isinstance(txn, ClientTransaction):
             self._callbacks.pop(txn, None)
             if isinstance(txn, ClientInviteTransaction):

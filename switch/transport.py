@@ -34,7 +34,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 import structlog
 
@@ -49,6 +49,8 @@ OUTBOUND_IDLE_TIMEOUT = 120.0  # a connection we opened and nobody used for this
 # TCP handshake and TLS handshake together. A peer that is up answers in well under a second;
 # this is also far below Timer B (32 s), so a dead gateway fails over quickly.
 CONNECT_TIMEOUT = 5.0
+# Linux's SO_RCVBUFFORCE (asm-generic/socket.h), which Python's socket module does not name.
+SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,30 @@ class Listener:
         object.__setattr__(self, "wildcard", wildcard)
 
 
+def receive_buffer(sock: socket.socket, size: int) -> int:
+    """Give ``sock`` a receive buffer of ``size`` bytes; returns what it got.
+
+    SO_RCVBUF is capped by net.core.rmem_max; SO_RCVBUFFORCE is not, but needs
+    CAP_NET_ADMIN. Linux reports twice what was set (its bookkeeping overhead), so
+    half the reported figure is what we compare. Getting less is logged as a warning
+    with the fix: under a burst the kernel drops what the buffer cannot hold, and
+    each drop is a retransmission T1 later.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:  # EPERM
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if got < size:
+        log.warning(
+            "udp receive buffer smaller than configured",
+            configured=size,
+            got=got,
+            fix=f"sysctl -w net.core.rmem_max={size}, or run with CAP_NET_ADMIN",
+        )
+    return got
+
+
 class Transports:
     """The switch's listening sockets and stream connections."""
 
@@ -214,11 +240,15 @@ class Transports:
         self._default_tls: ssl.SSLContext | None = None
         self._routes: dict[str, str] = {}  # peer host -> our address toward it
 
-    async def listen_udp(self, host: str, port: int) -> Listener:
+    async def listen_udp(self, host: str, port: int, buffer: int | None = None) -> Listener:
+        """Listen on UDP; ``buffer``: the socket's receive buffer in bytes (see
+        ``receive_buffer``), else the system's default."""
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(self.on_message), local_addr=(host, port)
         )
+        if buffer is not None:
+            receive_buffer(transport.get_extra_info("socket"), buffer)
         listener = Listener("udp", *transport.get_extra_info("sockname")[:2])
         self._udp.append((listener, transport))
         self.listeners.append(listener)

@@ -138,7 +138,8 @@ def test_tls_listener_with_existing_files(tmp_path: Path) -> None:
             "  user_agent: softswitch",
             "  user_agnt: softswitch",
             "F:13: sip: unknown key 'user_agnt' (did you mean 'user_agent'? "
-            "expected one of: listen, public_address, user_agent, t1)",
+            "expected one of: listen, public_address, user_agent, t1, "
+            "udp_buffer)",
             id="unknown-key",
         ),
         pytest.param(

@@ -56,7 +56,7 @@ import enum
 from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from switch.sip.errors import ParseError
 from switch.sip.headers import BRANCH_MAGIC, Via
@@ -614,6 +614,9 @@ def _server_key(request: Request, method: str) -> Hashable:
 
 _T = TypeVar("_T", bound=Transaction)
 
+# What a retired Accepted INVITE answers a retransmitted INVITE with: nothing.
+ABSORB: Final = b""
+
 
 class TransactionTable:
     """Live transactions by key, client and server apart; no I/O, no clock.
@@ -621,13 +624,18 @@ class TransactionTable:
     The caller adds each transaction it creates and removes it when it
     reports ``Terminated``.
 
-    A non-INVITE server transaction in Completed over UDP does one thing
-    until Timer J: answer a retransmitted request with its final response
-    (§17.2.2). ``retire`` keeps just that — the key, the response bytes and
-    the deadline — and frees the transaction and its parsed request. Under
-    a REGISTER storm that is 32 s worth of transactions; as plain bytes and
-    tuples they are not tracked by the garbage collector, whose full
-    collections otherwise grew to pauses longer than T1 (bench/register_rate.py).
+    Two server transactions do one thing until their last timer, and ``retire``
+    keeps just that — the key, what to answer and the deadline — and frees the
+    transaction and its parsed request:
+    - a non-INVITE in Completed over UDP answers a retransmitted request with
+      its final response until Timer J (§17.2.2);
+    - an INVITE in Accepted absorbs retransmitted INVITEs until Timer L (RFC
+      6026 §7.1; the UAS core resends its 2xx itself, and an ACK that reused the
+      INVITE's branch goes to the core as any other ACK for a 2xx does).
+    Under a REGISTER storm or a high call rate that is 32 s worth of
+    transactions; as plain bytes and tuples they are not tracked by the
+    garbage collector, whose full collections otherwise grew to pauses longer
+    than T1 (bench/register_rate.py, bench/call_rate.py).
     """
 
     def __init__(self) -> None:
@@ -636,26 +644,38 @@ class TransactionTable:
         self._retired: dict[Hashable, bytes] = {}
         self._retired_until: deque[tuple[float, Hashable]] = deque()
 
-    def retire(self, txn: ServerNonInviteTransaction) -> bool:
-        """Replace a Completed, unreliable ``txn`` by its final response until Timer J."""
+    def retire(self, txn: ServerTransaction) -> bool:
+        """Replace ``txn`` by what it answers retransmissions with, when it has nothing else
+        left to do: a Completed non-INVITE over UDP (its final response, until Timer J) or an
+        Accepted INVITE (nothing: retransmissions are absorbed, until Timer L)."""
         until = txn.next_timer()
-        final = txn.final_response
-        if txn.state is not State.COMPLETED or txn.reliable or until is None or final is None:
+        answer: bytes | None = None
+        if isinstance(txn, ServerNonInviteTransaction):
+            if txn.state is State.COMPLETED and not txn.reliable:
+                answer = txn.final_response
+        elif isinstance(txn, ServerInviteTransaction) and txn.state is State.ACCEPTED:
+            answer = ABSORB
+        if answer is None or until is None:
             return False
         self.remove(txn)
-        self._retired[txn.key] = final
+        self._retired[txn.key] = answer
         self._retired_until.append((until, txn.key))
         return True
 
     def retired_response(self, request: Request) -> bytes | None:
-        """The final response to resend for a retransmission of a retired transaction."""
+        """What to resend for a retransmission of a retired transaction: its final response,
+        or ``ABSORB`` (empty: send nothing). None: no retired transaction has the request."""
         return self._retired.get(server_key(request)) if self._retired else None
 
+    def retired_invite(self, cancel: Request) -> bool:
+        """Whether the INVITE a CANCEL names was answered 2xx and retired."""
+        return invite_key_for_cancel(cancel) in self._retired
+
     def expire_retired(self, now: float) -> int:
-        """Forget retired transactions whose Timer J has fired; returns how many."""
+        """Forget retired transactions whose Timer J or L has fired; returns how many."""
         expired = 0
         queue = self._retired_until
-        # Timer J is the same for every entry, so deadlines arrive in order.
+        # Timers J and L are both 64*T1, so deadlines arrive in the order they were set.
         while queue and queue[0][0] <= now:
             _, key = queue.popleft()
             self._retired.pop(key, None)
@@ -697,6 +717,7 @@ class TransactionTable:
 
 
 __all__ = [
+    "ABSORB",
     "T1",
     "T2",
     "T4",
