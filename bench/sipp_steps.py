@@ -217,6 +217,7 @@ class Sipp:
 
     `extra` is added to every command line (e.g. ``-key callee 200000``); `helpers` are
     long-running processes of the load generator (a sipp UAS) whose CPU counts as sipp's;
+    `before` run before each step starts (a UAS finishing what an earlier step left);
     `checks` see each finished step and may fail it (a problem the UAS saw)."""
 
     def __init__(
@@ -239,6 +240,7 @@ class Sipp:
         self.requests_per_call = requests_per_call
         self.extra = extra or []
         self.helpers: list[Callable[[], list[int]]] = []
+        self.before: list[Callable[[], None]] = []
         self.checks: list[Callable[[Step], str | None]] = []
         self.cpus: set[int] | None = None  # the cores sipp runs on (the server has its own)
         self.hold = 0.0  # seconds of pauses in each call of the scenario
@@ -271,6 +273,8 @@ class Sipp:
         # fmt: on
 
     def run(self, server: Server, rate: int, seconds: float) -> Step:
+        for prepare in self.before:
+            prepare()
         self.runs += 1
         calls = max(1, round(rate * seconds))
         name = f"{server.key}-{self.runs:03d}-{rate}"
