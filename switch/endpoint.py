@@ -42,7 +42,7 @@ import structlog
 from switch.ban import BanList
 from switch.metrics import Metrics
 from switch.sip.errors import ParseError
-from switch.sip.headers import Via, parse_via
+from switch.sip.headers import Via, parse_via, sent_by
 from switch.sip.message import (
     Headers,
     Request,
@@ -360,17 +360,23 @@ class SipEndpoint:
 
     def via_for(self, peer: Peer) -> Via:
         """Our Via toward ``peer``: a new branch, and rport for NAT (RFC 3581 §3)."""
+        host, port = self._sent_by(peer)
+        return Via(peer.transport.upper(), host, port, (("branch", new_branch()), ("rport", None)))
+
+    def sent_by_for(self, peer: Peer) -> str:
+        """The sent-by of our Via toward ``peer`` (what loop detection looks for)."""
+        host, port = self._sent_by(peer)
+        return sent_by(host, port)
+
+    def _sent_by(self, peer: Peer) -> tuple[str, int | None]:
         listener = self.transports.local(peer.transport)
         if listener is None:
             # We cannot take connections of this transport: the peer answers on ours
             # (§18.2.2) and, should that close, at the address we do listen on.
             listener = self.transports.listeners[0] if self.transports.listeners else None
         if listener is None:
-            host, port = self.public_address or "127.0.0.1", None
-        else:
-            host = self.public_address or self.transports.local_host(listener, peer)
-            port = listener.port
-        return Via(peer.transport.upper(), host, port, (("branch", new_branch()), ("rport", None)))
+            return self.public_address or "127.0.0.1", None
+        return self.public_address or self.transports.local_host(listener, peer), listener.port
 
     def contact_for(self, peer: Peer, user: str | None = None) -> str:
         """Our Contact for a dialog reached over ``peer``'s transport."""

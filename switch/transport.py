@@ -229,6 +229,7 @@ class Transports:
         self.on_stream_error = on_stream_error
         self.connections: dict[Peer, _Stream] = {}
         self.listeners: list[Listener] = []
+        self._local: dict[str, Listener] = {}  # transport -> its first listener (``local``)
         self.client_tls: dict[tuple[str, int], ClientTls] = {}
         self.connect_timeout = CONNECT_TIMEOUT
         self.outbound_idle = OUTBOUND_IDLE_TIMEOUT
@@ -252,6 +253,7 @@ class Transports:
         listener = Listener("udp", *transport.get_extra_info("sockname")[:2])
         self._udp.append((listener, transport))
         self.listeners.append(listener)
+        self._local.setdefault(listener.transport, listener)
         return listener
 
     async def listen_stream(
@@ -263,6 +265,7 @@ class Transports:
         self._servers.append(server)
         listener = Listener(name, *server.sockets[0].getsockname()[:2])
         self.listeners.append(listener)
+        self._local.setdefault(listener.transport, listener)
         return listener
 
     def send(
@@ -348,7 +351,8 @@ class Transports:
         return ClientTls(self._default_tls, target.host)
 
     def local(self, transport: str) -> Listener | None:
-        return next((lst for lst in self.listeners if lst.transport == transport), None)
+        """The first listener of ``transport`` (asked for every request we send)."""
+        return self._local.get(transport)
 
     def local_host(self, listener: Listener, peer: Peer) -> str:
         """Our address toward ``peer`` on ``listener``: its own, unless it is a wildcard.

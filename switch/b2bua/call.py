@@ -51,7 +51,7 @@ import enum
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -84,6 +84,10 @@ class CallState(enum.Enum):
 class Side(enum.Enum):
     A = "caller"
     B = "callee"
+
+
+# Both sides in order: iterating the Enum class itself costs a generator (several per call).
+SIDES: Final = (Side.A, Side.B)
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,7 +478,7 @@ class Call:
 
     def side_of(self, dialog_id: DialogId) -> Side | None:
         """The side whose phone is in ``dialog_id`` now; None for a departed transferor."""
-        for side in Side:
+        for side in SIDES:
             dialog, _ = self.leg_of(side)
             if dialog is not None and dialog.id == dialog_id:
                 return side
@@ -501,7 +505,7 @@ class Call:
         replaced = self.users.get(record.side, "")
         if record.status == 200:
             self.users[record.side] = record.target
-            for side in Side:
+            for side in SIDES:
                 self._unhold(side)
         self._emit(CCEventTransfer(record.kind.value, record.side, record.by, replaced,
                                    record.target, record.status or 0))  # fmt: skip
@@ -607,7 +611,7 @@ class Call:
             # no answer came from the caller; §13.2.2.4 still wants the 2xx ACKed before BYE
             self.endpoint.send_ack(self.b_dialog.ack(self._b_ack), self.b_peer)
             self._b_ack = None
-        for side in Side:
+        for side in SIDES:
             dialog, peer = self.leg_of(side)
             if dialog is None or peer is None:
                 continue

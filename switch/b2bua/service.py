@@ -198,7 +198,7 @@ class B2bua:
         request, peer, to_tag = incoming.request, incoming.peer, incoming.to_tag
         if request.max_forwards == 0:
             return request.response(483, None, to_tag)  # §16.3 step 3
-        ours = self.endpoint.via_for(peer).sent_by
+        ours = self.endpoint.sent_by_for(peer)
         if any(via.sent_by == ours for via in request.via):
             return request.response(482, None, to_tag)  # §16.3 step 4: it came back to us
         gateway = self.config.gateway_at(peer.transport, peer.host, peer.port)

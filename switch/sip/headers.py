@@ -29,6 +29,11 @@ from switch.sip.uri import Uri, parse_host, parse_uri, split_hostport
 BRANCH_MAGIC = "z9hG4bK"  # §8.1.1.7: marks an RFC 3261 branch
 
 
+def sent_by(host: str, port: int | None) -> str:
+    """A Via's sent-by (§20.42): the host, and the port when there is one."""
+    return host if port is None else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Via:
     """One Via value (§20.42): ``SIP/2.0/UDP host:port;branch=...;rport``."""
@@ -57,7 +62,7 @@ class Via:
 
     @property
     def sent_by(self) -> str:
-        return self.host if self.port is None else f"{self.host}:{self.port}"
+        return sent_by(self.host, self.port)
 
     @property
     def is_rfc3261(self) -> bool:
