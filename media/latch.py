@@ -28,6 +28,7 @@ or refuse the relay's own ports (the relay does, to stop loops).
 
 from __future__ import annotations
 
+import functools
 from ipaddress import ip_address
 
 from media.stats import Addr
@@ -41,12 +42,20 @@ def normalize(host: str, port: int) -> Addr | None:
     RFC 3264 §8.4: a connection address of 0.0.0.0 (old-style hold) or port 0 means no media
     goes there; sending to 0.0.0.0 on Linux would even reach this host.
     """
-    ip = ip_address(host)
-    if ip.is_unspecified or port == 0:
+    compressed = _compressed(host)
+    if compressed is None or port == 0:
         return None
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
-    return (ip.compressed, port)
+    return (compressed, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compressed(host: str) -> str | None:
+    """``host`` as the kernel writes it, None for the unspecified address; ValueError if it is
+    no IP address. Cached: the same phones' and gateways' addresses come in every offer."""
+    ip = ip_address(host)
+    return None if ip.is_unspecified else ip.compressed
 
 
 class Latch:

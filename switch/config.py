@@ -21,8 +21,9 @@ directory.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
 
@@ -141,6 +142,15 @@ class Registrar(_Section):
                 at=("min_expires" if low > high else "default_expires",),
             )
         return self
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_ip(host: str) -> IPv4Address | IPv6Address | None:
+    """A request's source address, parsed once per address (every INVITE asks)."""
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
 
 
 def _network(value: Any) -> Any:
@@ -706,9 +716,8 @@ class Config(_Section):
         from a port of the peer's choosing, so there the address alone decides. Extra
         ``sources`` match by address.
         """
-        try:
-            source = ip_address(host)
-        except ValueError:
+        source = _source_ip(host)
+        if source is None:
             return None
         for gateway in self.gateways:
             address = gateway.address

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import re
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+
+from switch.logs import LoopWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,3 +61,38 @@ def test_json_lines_as_operators_read_them() -> None:
     assert before <= stamped <= after
     assert second["level"] == "error" and second["method"] == "INVITE"
     assert "ValueError: bad value" in second["exception"]
+
+
+class Stream(io.BytesIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes += 1
+        return super().write(data)
+
+
+async def test_lines_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
+    stream = Stream()
+    writer = LoopWriter(stream)
+    for n in range(5):
+        writer.msg(b"line %d" % n)
+    assert stream.writes == 0  # waiting for the end of this turn
+    await asyncio.sleep(0)
+    assert stream.getvalue() == b"".join(b"line %d\n" % n for n in range(5))
+    assert stream.writes == 1
+    # another thread (the store's workers) writes at once, after what waits
+    writer.msg(b"from the loop")
+    thread = threading.Thread(target=writer.msg, args=(b"from a thread",))
+    thread.start()
+    thread.join()
+    await asyncio.sleep(0)
+    assert stream.getvalue().endswith(b"line 4\nfrom the loop\nfrom a thread\n")
+
+
+def test_outside_a_loop_each_line_is_written_at_once() -> None:
+    stream = Stream()
+    writer = LoopWriter(stream)
+    writer.msg(b"started")
+    assert stream.getvalue() == b"started\n"

@@ -387,8 +387,9 @@ class Request(Message):
         copied = [header_key(name) for name in ("Via", "From", "To", "Call-ID", "CSeq")]
         headers = Headers([f for key in copied for f in self.headers._fields if f[0] == key])
         if to_tag is not None and self.to.tag is None and status > 100:
-            to = self.to
-            headers.set("To", str(to.with_params((*to.params, ("tag", to_tag)))))
+            # The To as the client wrote it, tagged: a parameter after a URI without angle
+            # brackets is a header parameter too (§20), so appending is right either way.
+            headers.set("To", f"{self._required('To')};tag={to_tag}")
         return Response(status, reason if reason is not None else REASONS.get(status, ""), headers)
 
     def routing_only(self) -> Request:

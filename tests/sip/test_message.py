@@ -192,6 +192,27 @@ def test_response_copies_dialog_fields_and_adds_to_tag() -> None:
     assert bytes(again).endswith(b"Content-Length: 0\r\n\r\n")
 
 
+@pytest.mark.parametrize(
+    "to",
+    [
+        "sip:bob@example.com",  # no angle brackets: what follows is a header parameter
+        '"Bob ;<x>" <sip:bob@example.com;transport=udp>;x-foo=1',
+        "Bob <sip:bob@example.com?subject=hi>",
+    ],
+)
+def test_the_to_tag_is_added_to_the_to_as_written(to: str) -> None:
+    request = parse_message(
+        b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+        b"From: <sip:a@b>;tag=1\r\nTo: " + to.encode() + b"\r\nCall-ID: c\r\n"
+        b"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert isinstance(request, Request)
+    again = parse_message(bytes(request.response(180, to_tag="t-9")))
+    assert again.headers.get("To") == f"{to};tag=t-9"
+    assert again.to.tag == "t-9" and again.to.uri == request.to.uri
+    assert again.to.display == request.to.display
+
+
 def test_error_response_to_unparseable_request() -> None:
     response = error_response(load("rfc4475/badinv01.dat"), 400, "Bad Via")
     assert response is not None and response.status == 400
