@@ -43,6 +43,11 @@ from switch.transport import ClientTls, client_tls_context, tls_context
 
 log = structlog.get_logger()
 
+# A young collection every 20,000 net allocations instead of Python's 700: a call allocates
+# thousands of short-lived objects (parsed messages, transactions), and at 700 the collector
+# ran ~70 times a second at 400 calls/s, each pass walking the young calls still alive.
+GC_THRESHOLDS: Final = (20_000, 10, 10)
+
 DRAIN_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 1.0
 
@@ -116,6 +121,7 @@ class Daemon:
         # collection, so full collections only walk objects of calls and requests.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         log.info("started", config=str(self.config_path), bindings=loaded)
 
     async def _start_media(self) -> tuple[RelayLike, EngineLike]:
