@@ -393,7 +393,7 @@ class SipEndpoint:
         ``on_response`` gets every response the transaction passes up; Timer
         B or F firing reaches it as a 408 made here (§8.1.3.1).
         """
-        request.headers.add("Via", str(self.via_for(peer)), first=True)
+        request.push_via(self.via_for(peer))
         if "Max-Forwards" not in request.headers:
             request.headers.add("Max-Forwards", "70")
         request.headers.set("User-Agent", self.user_agent)
@@ -407,7 +407,7 @@ class SipEndpoint:
 
     def send_ack(self, ack: Request, peer: Peer) -> None:
         """The ACK for a 2xx: its own branch, no transaction (§13.2.2.4, §17.1.1.3)."""
-        ack.headers.add("Via", str(self.via_for(peer)), first=True)
+        ack.push_via(self.via_for(peer))
         self.transports.send(bytes(ack), peer, connect_to=next_hop(ack, peer.transport))
 
     def cancel(self, txn: ClientTransaction, reason: str | None = None) -> None:

@@ -317,6 +317,13 @@ class Message:
         value = self.headers.get("Expires")
         return None if value is None else parse_uint(value, "Expires")
 
+    def push_via(self, via: Via) -> None:
+        """Add ``via`` on top (a request we send), keeping it parsed: the transaction reads
+        its branch right after, and parsing back what we just wrote cost 5 us a request."""
+        below = self.via
+        self.headers.add("Via", str(via), first=True)
+        self.headers._typed["via"] = [via, *below]
+
     def replace_top_via(self, via: Via) -> None:
         """Put ``via`` in place of the first Via value, keeping the others."""
         vias = self.top_via, *self.via[1:]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from switch.sip.errors import ParseError
 from switch.sip.framing import Ping, StreamFramer
+from switch.sip.headers import Via
 from switch.sip.message import (
     Request,
     Response,
@@ -211,6 +212,18 @@ def test_the_to_tag_is_added_to_the_to_as_written(to: str) -> None:
     assert again.headers.get("To") == f"{to};tag=t-9"
     assert again.to.tag == "t-9" and again.to.uri == request.to.uri
     assert again.to.display == request.to.display
+
+
+def test_a_pushed_via_is_what_parsing_the_message_again_gives() -> None:
+    request = parse_message(load("rfc4475/cparam01.dat"))
+    assert isinstance(request, Request)
+    below = request.via
+    ours = Via("UDP", "192.0.2.7", 5060, (("branch", "z9hG4bK-ours"), ("rport", None)))
+    request.push_via(ours)
+    assert request.via == [ours, *below]
+    again = parse_message(bytes(request))
+    assert again.via == request.via
+    assert again.headers.get_all("Via")[0] == "SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK-ours;rport"
 
 
 def test_error_response_to_unparseable_request() -> None:
