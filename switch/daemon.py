@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 import structlog
 from aiohttp import web
