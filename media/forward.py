@@ -173,12 +173,25 @@ class Port:
 
     def read_wild(self) -> None:
         """Slow path: a packet from a sender the kernel did not already match for us."""
+        self._read_wild()
+
+    def _read_wild(self) -> bool:
+        """`read_wild`; False when there was nothing to read."""
         try:
             n, addr = self.wild.recvfrom_into(self.buf)
         except OSError:
-            return
+            return False
         if self.admit(addr, n):
             self.forward(n, _clock())
+        return True
+
+    def drain(self, most: int = 8) -> None:
+        """Relay what already waits in the socket, up to ``most`` packets: at hang-up, the
+        RTCP BYE (RFC 3550 §6.6) a phone sends just before its SIP BYE may still be queued
+        here when the BYE, read first in the same loop turn, ends the call."""
+        for _ in range(most):
+            if not self._read_wild():
+                return
 
     def admit(self, addr: Addr, n: int) -> bool:
         buf = self.buf

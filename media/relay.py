@@ -257,6 +257,9 @@ class RelaySession:
         """Stop relaying, release the ports, and return the final counters (call record)."""
         if self._final is not None:
             return self._final
+        for side, leg in self._legs.items():
+            if side not in self._moved:
+                leg.rtcp.drain()
         final = self.stats()
         self._final = final
         self._relay._closed(self, final)

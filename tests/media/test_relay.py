@@ -247,6 +247,25 @@ async def test_rtcp_is_forwarded_between_the_rtcp_ports(
     assert stats.a.packets_in == 0  # RTCP is not RTP
 
 
+async def test_rtcp_queued_when_the_call_ends_is_still_relayed(
+    make_relay: MakeRelay, phones: Phones
+) -> None:
+    # A phone hanging up sends its RTCP BYE and its SIP BYE together; when the switch reads the
+    # SIP BYE first in a loop turn, the RTCP BYE is still queued on the relay's socket.
+    relay = make_relay()
+    session, a, b = await call(relay, phones)
+    a_rtcp, b_rtcp = phones(), phones()
+    session.set_remote(Side.A, *a.addr, rtcp_port=a_rtcp.addr[1])
+    session.set_remote(Side.B, *b.addr, rtcp_port=b_rtcp.addr[1])
+    bye = rtcp_rr(0xA)[:1] + bytes([203]) + rtcp_rr(0xA)[2:]  # PT 203: BYE, one SSRC
+    a_rtcp.send(bye, rtcp_port(session, Side.A))  # queued: the loop has not run since
+    final = session.close()
+    data, source = await b_rtcp.recv()
+    assert (data, source) == (bye, rtcp_port(session, Side.B))
+    assert (final.a.rtcp_packets_in, final.b.rtcp_packets_out) == (1, 1)  # in the record too
+    assert await b.silent()
+
+
 async def test_hold_address_sends_nothing_to_the_phone_but_relays_its_music(
     make_relay: MakeRelay, phones: Phones
 ) -> None:
