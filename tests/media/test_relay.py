@@ -42,6 +42,16 @@ async def call(
     return session, a, b
 
 
+async def call_with_rtcp(relay: Relay, phones: Phones) -> tuple[RelaySession, Phone, Phone, Phone]:
+    """`call`, with each phone's RTCP on a socket of its own (its SDP's a=rtcp):
+    (session, B's RTP phone, A's RTCP phone, B's RTCP phone)."""
+    session, a, b = await call(relay, phones)
+    a_rtcp, b_rtcp = phones(), phones()
+    session.set_remote(Side.A, *a.addr, rtcp_port=a_rtcp.addr[1])
+    session.set_remote(Side.B, *b.addr, rtcp_port=b_rtcp.addr[1])
+    return session, b, a_rtcp, b_rtcp
+
+
 async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
@@ -231,11 +241,7 @@ async def test_strict_source_relays_only_the_sdp_address(
 async def test_rtcp_is_forwarded_between_the_rtcp_ports(
     make_relay: MakeRelay, phones: Phones
 ) -> None:
-    relay = make_relay()
-    session, a, b = await call(relay, phones)
-    a_rtcp, b_rtcp = phones(), phones()
-    session.set_remote(Side.A, *a.addr, rtcp_port=a_rtcp.addr[1])
-    session.set_remote(Side.B, *b.addr, rtcp_port=b_rtcp.addr[1])
+    session, _, a_rtcp, b_rtcp = await call_with_rtcp(make_relay(), phones)
     a_rtcp.send(rtcp_rr(0xA), rtcp_port(session, Side.A))
     data, source = await b_rtcp.recv()
     assert (data, source) == (rtcp_rr(0xA), rtcp_port(session, Side.B))
@@ -252,11 +258,7 @@ async def test_rtcp_queued_when_the_call_ends_is_still_relayed(
 ) -> None:
     # A phone hanging up sends its RTCP BYE and its SIP BYE together; when the switch reads the
     # SIP BYE first in a loop turn, the RTCP BYE is still queued on the relay's socket.
-    relay = make_relay()
-    session, a, b = await call(relay, phones)
-    a_rtcp, b_rtcp = phones(), phones()
-    session.set_remote(Side.A, *a.addr, rtcp_port=a_rtcp.addr[1])
-    session.set_remote(Side.B, *b.addr, rtcp_port=b_rtcp.addr[1])
+    session, b, a_rtcp, b_rtcp = await call_with_rtcp(make_relay(), phones)
     bye = rtcp_rr(0xA)[:1] + bytes([203]) + rtcp_rr(0xA)[2:]  # PT 203: BYE, one SSRC
     a_rtcp.send(bye, rtcp_port(session, Side.A))  # queued: the loop has not run since
     final = session.close()
