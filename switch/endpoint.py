@@ -55,6 +55,7 @@ from switch.sip.message import (
 )
 from switch.sip.syntax import split_list
 from switch.sip.transaction import (
+    ABSORB,
     T1,
     T2,
     AckReceived,
@@ -249,7 +250,7 @@ class SipEndpoint:
         if txn is None:
             resend = self.transactions.retired_response(request)
             if resend is not None and request.method != "ACK":
-                if resend:  # else an INVITE answered 2xx: absorbed (RFC 6026 §7.1)
+                if resend != ABSORB:  # an INVITE answered 2xx absorbs it (RFC 6026 §7.1)
                     self.transports.send(resend, response_peer(request.top_via, peer))
                 return
         else:

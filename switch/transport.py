@@ -252,9 +252,7 @@ class Transports:
             receive_buffer(transport.get_extra_info("socket"), buffer)
         listener = Listener("udp", *transport.get_extra_info("sockname")[:2])
         self._udp.append((listener, transport))
-        self.listeners.append(listener)
-        self._local.setdefault(listener.transport, listener)
-        return listener
+        return self._listening(listener)
 
     async def listen_stream(
         self, host: str, port: int, tls: ssl.SSLContext | None = None
@@ -263,7 +261,9 @@ class Transports:
         name = "tls" if tls is not None else "tcp"
         server = await loop.create_server(lambda: _Stream(self, name), host, port, ssl=tls)
         self._servers.append(server)
-        listener = Listener(name, *server.sockets[0].getsockname()[:2])
+        return self._listening(Listener(name, *server.sockets[0].getsockname()[:2]))
+
+    def _listening(self, listener: Listener) -> Listener:
         self.listeners.append(listener)
         self._local.setdefault(listener.transport, listener)
         return listener

@@ -658,6 +658,9 @@ class TransactionTable:
         if answer is None or until is None:
             return False
         self.remove(txn)
+        # Nothing of it acts any more: a late response from its TU is not sent (respond
+        # checks ``terminated``), as it would have been discarded or resent by the core.
+        txn._terminate()
         self._retired[txn.key] = answer
         self._retired_until.append((until, txn.key))
         return True
