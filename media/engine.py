@@ -219,7 +219,7 @@ class MediaEngine:
             self._timer.cancel()
             self._timer = None
 
-    def watch(self, sock: socket.socket, reader: Callable[[], None] | None) -> None:
+    def watch(self, sock: socket.socket, reader: Callable[[], object] | None) -> None:
         """Call ``reader`` when ``sock`` has a packet (None: stop watching it)."""
         if self._poller is not None:
             self._poller.watch(sock, reader)

@@ -124,7 +124,7 @@ class Port:
         latch: Latch,
         buf: bytearray,
         own: Callable[[Addr], bool],
-        watch: Callable[[socket.socket, Callable[[], None] | None], None],
+        watch: Callable[[socket.socket, Callable[[], object] | None], None],
         call_id: str,
         side: Side,
     ) -> None:
@@ -171,12 +171,9 @@ class Port:
     def sync(self) -> None:
         """Follow a change of the latch (nothing to do with one socket)."""
 
-    def read_wild(self) -> None:
-        """Slow path: a packet from a sender the kernel did not already match for us."""
-        self._read_wild()
-
-    def _read_wild(self) -> bool:
-        """`read_wild`; False when there was nothing to read."""
+    def read_wild(self) -> bool:
+        """Slow path: a packet from a sender the kernel did not already match for us.
+        False when there was nothing to read."""
         try:
             n, addr = self.wild.recvfrom_into(self.buf)
         except OSError:
@@ -190,7 +187,7 @@ class Port:
         RTCP BYE (RFC 3550 §6.6) a phone sends just before its SIP BYE may still be queued
         here when the BYE, read first in the same loop turn, ends the call."""
         for _ in range(most):
-            if not self._read_wild():
+            if not self.read_wild():
                 return
 
     def admit(self, addr: Addr, n: int) -> bool:
@@ -597,7 +594,7 @@ class Poller:
         self._epoll = select.epoll()
         self._batch = batch
         self.fast: dict[int, RtpPort] = {}
-        self.slow: dict[int, Callable[[], None]] = {}
+        self.slow: dict[int, Callable[[], object]] = {}
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -605,7 +602,7 @@ class Poller:
     def close(self) -> None:
         self._epoll.close()
 
-    def watch(self, sock: socket.socket, reader: Callable[[], None] | None) -> None:
+    def watch(self, sock: socket.socket, reader: Callable[[], object] | None) -> None:
         fd = sock.fileno()
         if reader is None:
             self.fast.pop(fd, None)

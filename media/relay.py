@@ -561,7 +561,7 @@ class Relay:
         leg.adopted = adopted
         return leg
 
-    def _watch(self, sock: socket.socket, reader: Callable[[], None] | None) -> None:
+    def _watch(self, sock: socket.socket, reader: Callable[[], object] | None) -> None:
         if self._poller is not None:
             self._poller.watch(sock, reader)
         elif reader is None:
