@@ -207,16 +207,30 @@ class Port:
             self.foreign += 1
             return False
         if latch.dest != before:
-            _log.info(
-                "media latched",
-                call_id=self.call_id,
-                side=str(self.side),
-                rtcp=not self.is_rtp,
-                source=f"{addr[0]}:{addr[1]}",
-                sdp=None if latch.expected is None else f"{latch.expected[0]}:{latch.expected[1]}",
-            )
+            self._log_latched(addr)
         self.sync()
         return True
+
+    def set_remote(self, expected: Addr | None, ssrc: int | None = None) -> None:
+        """A new offer/answer for this port's phone (`Latch.set_remote`); a source it
+        learns from packets that came before the first SDP is connected at once."""
+        latch = self.latch
+        latch.set_remote(expected, ssrc, _clock())
+        if latch.source is not None:
+            self._log_latched(latch.source, early=True)
+        self.sync()  # the next packet goes through the learning rules again
+
+    def _log_latched(self, addr: Addr, *, early: bool = False) -> None:
+        expected = self.latch.expected
+        _log.info(
+            "media latched",
+            call_id=self.call_id,
+            side=str(self.side),
+            rtcp=not self.is_rtp,
+            source=f"{addr[0]}:{addr[1]}",
+            sdp=None if expected is None else f"{expected[0]}:{expected[1]}",
+            before_sdp=early,
+        )
 
     def send_to_phone(self, data: memoryview) -> bool:
         """Send towards this port's phone (called by the peer); False if it went nowhere."""

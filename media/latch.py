@@ -19,6 +19,11 @@ with (source address, SSRC, now) and no I/O:
 - After the window the source is locked; other senders are dropped (and counted by the
   caller), except a sender carrying the SSRC of the locked stream (`relatch_on_ssrc`): the
   same phone after a NAT rebinding; an attacker who is not on the path cannot know the SSRC.
+- A packet that reaches a port before its phone's first SDP is known (the callee answers and
+  starts sending at once; its 200 OK and its first packets race to the switch) has nowhere
+  to go and is dropped, but its source is remembered: the offer/answer that follows treats
+  it as the first packet of its window if it came at most `window` seconds before. A phone
+  that sends RTCP once every 5 s would otherwise not be learned until its second report.
 - `strict` accepts only the SDP address, ever.
 
 States: no remote (drop everything); learning (window not started / running); locked.
@@ -29,11 +34,13 @@ or refuse the relay's own ports (the relay does, to stop loops).
 from __future__ import annotations
 
 import functools
+import time
 from ipaddress import ip_address
 
 from media.stats import Addr
 
 EXACT = 3  # rank of a source equal to the SDP address and port
+EARLY_KEPT = 4  # sources remembered from before the SDP (a spray cannot grow the list)
 
 
 def normalize(host: str, port: int) -> Addr | None:
@@ -60,6 +67,7 @@ def _compressed(host: str) -> str | None:
 
 class Latch:
     __slots__ = (
+        "_early",
         "_learning",
         "_rank",
         "_want_ssrc",
@@ -89,14 +97,22 @@ class Latch:
         self._learning = False
         self._window_end: float | None = None
         self._rank = -1  # of `dest`; -1: nothing learned since the SDP address changed
+        # (source, SSRC, when) of packets that came before the first SDP; None after it
+        self._early: list[tuple[Addr, int | None, float]] | None = []
 
     @property
     def learning(self) -> bool:
         return self._learning
 
-    def set_remote(self, expected: Addr | None, ssrc: int | None = None) -> None:
-        """A new offer/answer named `expected` (None: no media to this phone, e.g. hold)."""
+    def set_remote(
+        self, expected: Addr | None, ssrc: int | None = None, now: float | None = None
+    ) -> None:
+        """A new offer/answer named `expected` (None: no media to this phone, e.g. hold).
+
+        `now` (the clock `admit` is given; monotonic by default) dates the packets that came
+        before any SDP address: those of the last `window` seconds are learned from now."""
         self._want_ssrc = ssrc
+        early, self._early = self._early, None
         if self.strict:
             self.expected = self.dest = expected
             self.source = None
@@ -119,6 +135,17 @@ class Latch:
         self.source = None  # the next packet, even from the incumbent, restarts the window
         self._learning = True
         self._window_end = None
+        if early:
+            self._learn_early(early, time.monotonic() if now is None else now)
+
+    def _learn_early(self, early: list[tuple[Addr, int | None, float]], now: float) -> None:
+        recent = [packet for packet in early if now - packet[2] <= self._window]
+        if not recent:
+            return
+        self._window_end = recent[0][2] + self._window  # the window began with the first
+        for addr, ssrc, _ in recent:
+            if self._learning:
+                self._learn(addr, ssrc)
 
     def admit(self, addr: Addr, ssrc: int | None, now: float) -> bool:
         """Whether to accept a packet from `addr`, which is not `self.source`; may re-latch."""
@@ -126,6 +153,10 @@ class Latch:
             if addr == self.expected:
                 self.source = addr
                 return True
+            return False
+        if self.dest is None:
+            if self._early is not None:
+                self._remember(self._early, addr, ssrc, now)
             return False
         if self._learning:
             if self._window_end is None:
@@ -144,6 +175,14 @@ class Latch:
             self.relatches += 1
             return True
         return False
+
+    def _remember(
+        self, early: list[tuple[Addr, int | None, float]], addr: Addr, ssrc: int | None, now: float
+    ) -> None:
+        if early and now - early[0][2] > self._window:  # too old for an SDP that comes now
+            early[:] = [packet for packet in early if now - packet[2] <= self._window]
+        if len(early) < EARLY_KEPT and all(addr != known for known, _, _ in early):
+            early.append((addr, ssrc, now))
 
     def _learn(self, addr: Addr, ssrc: int | None) -> bool:
         if self._want_ssrc is not None and ssrc != self._want_ssrc:

@@ -180,9 +180,8 @@ class RelaySession:
         if clock_rate <= 0:
             raise ValueError(f"clock_rate must be positive, got {clock_rate}")
         leg.remote = remote
-        leg.rtp.latch.set_remote(remote, ssrc)
-        leg.rtcp.latch.set_remote(rtcp)
-        leg.rtp.sync()  # the next packet goes through the learning rules again
+        leg.rtp.set_remote(remote, ssrc)
+        leg.rtcp.set_remote(rtcp)
         leg.rtp.rate = float(clock_rate)
         leg.since = time.monotonic()
         _log.debug("media remote", call_id=self.call_id, side=str(side), remote=_fmt(remote))

@@ -128,6 +128,74 @@ def test_hold_with_no_address_stops_sending_but_keeps_the_sender() -> None:
     assert (lt.dest, lt.learning) == (SDP, True)
 
 
+def fresh(window: float = 3.0) -> Latch:
+    """A port's latch before its phone's first SDP is known."""
+    return Latch(window=window, strict=False, relatch_on_ssrc=True)
+
+
+def test_a_packet_before_the_first_sdp_is_learned_when_the_sdp_comes() -> None:
+    # The callee answers and sends at once: its first packet may be read before its 200 OK.
+    lt = fresh()
+    assert not lt.admit(NAT, SSRC, now=100.0)  # nowhere to send it yet: dropped
+    lt.set_remote(SDP, now=100.2)
+    assert (lt.source, lt.dest, lt.learning) == (NAT, NAT, True)
+    assert lt.admit(("192.0.2.10", 61000), SSRC, now=100.5)  # a better rank still wins...
+    assert not lt.admit(("192.0.2.10", 61001), 7, now=103.1)  # ...in the window that began
+    assert lt.dest == ("192.0.2.10", 61000)  # with the early packet, not with the SDP
+
+
+def test_early_packets_are_ranked_and_an_exact_match_wins() -> None:
+    lt = fresh()
+    lt.admit(ATTACKER, 1, now=100.0)
+    lt.admit(SDP, SSRC, now=100.1)
+    lt.set_remote(SDP, now=100.2)
+    assert (lt.dest, lt.learning) == (SDP, False)
+
+
+def test_early_packets_older_than_the_window_are_forgotten() -> None:
+    lt = fresh(window=3.0)
+    lt.admit(ATTACKER, 1, now=100.0)
+    lt.set_remote(SDP, now=103.5)
+    assert (lt.source, lt.dest, lt.learning) == (None, SDP, True)
+    assert lt.admit(NAT, SSRC, now=103.6)
+    assert lt.dest == NAT
+
+
+def test_early_packets_must_carry_the_ssrc_the_sdp_names() -> None:
+    lt = fresh()
+    lt.admit(ATTACKER, 0x5555, now=100.0)
+    lt.set_remote(SDP, ssrc=SSRC, now=100.1)
+    assert (lt.source, lt.dest) == (None, SDP)
+
+
+def test_a_spray_before_the_sdp_keeps_only_a_few_sources() -> None:
+    lt = fresh()
+    for port in range(1000, 1100):
+        lt.admit(("198.51.100.66", port), 1, now=100.0)
+    lt.admit(SDP, SSRC, now=100.1)  # the phone, after the spray: not remembered
+    lt.set_remote(SDP, now=100.2)
+    assert lt.dest == ("198.51.100.66", 1000)  # a spray before the answer ranks like one after
+    assert lt.admit(SDP, SSRC, now=100.3)  # and the phone's next packet still takes over
+    assert lt.dest == SDP
+
+
+def test_only_the_first_sdp_learns_from_earlier_packets() -> None:
+    lt = latch()
+    lt.admit(NAT, SSRC, now=100.0)
+    lt.set_remote(normalize("0.0.0.0", 4000))  # hold: no destination
+    assert not lt.admit(ATTACKER, 1, now=101.0)  # sprayed while the call is on hold
+    lt.set_remote(("192.0.2.20", 5000), now=101.5)
+    assert lt.source is None  # the spray was not remembered
+
+
+def test_strict_source_learns_nothing_before_the_sdp() -> None:
+    lt = Latch(window=3.0, strict=True, relatch_on_ssrc=True)
+    assert not lt.admit(SDP, SSRC, now=100.0)
+    lt.set_remote(SDP, now=100.1)
+    assert lt.source is None
+    assert lt.admit(SDP, SSRC, now=100.2)
+
+
 def test_normalize_means_no_destination_for_hold_addresses() -> None:
     assert normalize("0.0.0.0", 4000) is None
     assert normalize("192.0.2.10", 0) is None

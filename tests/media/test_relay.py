@@ -268,6 +268,25 @@ async def test_rtcp_queued_when_the_call_ends_is_still_relayed(
     assert await b.silent()
 
 
+async def test_rtcp_that_comes_before_the_answer_is_learned_from(
+    make_relay: MakeRelay, phones: Phones
+) -> None:
+    # The callee sends its first RTCP report as it answers (pjsua does), and its next one 5 s
+    # later; when the report is read before the 200 OK, the answer must still learn from it,
+    # or the caller's reports go to the callee's SDP address (here one that does not exist).
+    relay = make_relay()
+    a_rtcp, b_rtcp = phones(), phones()
+    session = relay.allocate("call-1")
+    session.set_remote(Side.A, *a_rtcp.addr, rtcp_port=a_rtcp.addr[1])
+    b_rtcp.send(rtcp_rr(0xB), rtcp_port(session, Side.B))
+    await until(lambda: session.stats().b.foreign_packets == 1)  # read, and dropped
+    assert await a_rtcp.silent()
+    session.set_remote(Side.B, "192.0.2.2", 4002)  # its guess of a public address
+    assert session.stats().b.rtcp_latched == b_rtcp.addr
+    a_rtcp.send(rtcp_rr(0xA), rtcp_port(session, Side.A))
+    assert (await b_rtcp.recv())[0] == rtcp_rr(0xA)
+
+
 async def test_hold_address_sends_nothing_to_the_phone_but_relays_its_music(
     make_relay: MakeRelay, phones: Phones
 ) -> None:
