@@ -40,6 +40,7 @@ from switch.migrations import SchemaError
 from switch.registrar import Registrar
 from switch.sip.digest import NonceManager
 from switch.store import Store, open_store
+from switch.systemd import Notifier
 from switch.transport import ClientTls, client_tls_context, tls_context
 
 log = structlog.get_logger()
@@ -54,9 +55,10 @@ HOUSEKEEPING_SECONDS = 1.0
 
 
 class Daemon:
-    def __init__(self, config_path: Path, config: Config) -> None:
+    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None) -> None:
         self.config_path = config_path
         self.config = config
+        self.notifier = Notifier({}) if notifier is None else notifier
         self.metrics = Metrics()
         self.stopping = asyncio.Event()
         self.store: Store | None = None
@@ -69,6 +71,7 @@ class Daemon:
         self.engine: EngineLike | None = None
         self.http: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -124,6 +127,8 @@ class Daemon:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         log.info("started", config=str(self.config_path), bindings=loaded)
+        self.notifier.ready(f"running: {len(config.sip.listen)} SIP listeners, {loaded} bindings")
+        self._watchdog = asyncio.create_task(self.notifier.watchdog())
 
     async def _start_media(self) -> tuple[RelayLike, EngineLike]:
         """The relay and the media engine: in this process, or in media workers."""
@@ -211,10 +216,12 @@ class Daemon:
             self._refresh_gauges()
 
     def reload(self) -> None:
+        self.notifier.reloading()
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration", problems=str(exc))
+            self.notifier.ready("running: the last reload was refused, see the log")
             return
         fixed = ("sip", "http", "store", "media")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
@@ -235,9 +242,11 @@ class Daemon:
         self._refresh_gauges()
         users = sum(len(t.users) for t in config.tenants)
         log.info("reloaded", tenants=len(config.tenants), users=users)
+        self.notifier.ready(f"running: reloaded, {len(config.tenants)} tenants, {users} users")
 
     async def stop(self) -> None:
         log.info("draining")
+        self.notifier.stopping("draining: new requests get 503, calls are ended")
         if self.endpoint is not None:
             await self.endpoint.drain(DRAIN_SECONDS)
         if self.b2bua is not None:
@@ -260,6 +269,8 @@ class Daemon:
             await self.location.close()
         if self.store is not None:
             await self.store.close()
+        if self._watchdog is not None:  # fed while draining: a drain that hangs is a hang
+            self._watchdog.cancel()
         log.info("stopped")
 
 
@@ -276,7 +287,7 @@ def gateway_tls(config: Config) -> dict[tuple[str, int], ClientTls]:
 
 
 async def _main(path: Path, config: Config) -> int:
-    daemon = Daemon(path, config)
+    daemon = Daemon(path, config, Notifier.from_environment())
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, daemon.stopping.set)
     loop.add_signal_handler(signal.SIGINT, daemon.stopping.set)
@@ -285,6 +296,7 @@ async def _main(path: Path, config: Config) -> int:
         await daemon.start()
     except (OSError, SchemaError) as exc:
         log.error("cannot start", error=str(exc))
+        daemon.notifier.notify(STATUS=f"cannot start: {exc}")
         await daemon.stop()
         return 1
     await daemon.stopping.wait()

@@ -149,6 +149,8 @@ class Daemon:
         self.pid_path = tmp / "softswitch.pid"
         self.process: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []
+        self.env: dict[str, str] = {}  # set in the daemon's environment (systemd's variables)
+        self.prefix: list[str] = []  # runs the daemon, e.g. setpriv with fewer capabilities
         self.write_config(config)
 
     # -- configuration ------------------------------------------------------
@@ -181,24 +183,27 @@ class Daemon:
 
     # -- process ------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        """Start the process; with `wait`, return once it answers /metrics and OPTIONS."""
         assert self.process is None or self.process.poll() is not None, "already running"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "switch.cli", "run", "-c", str(self.config_path),
-                 "--pid-file", str(self.pid_path)],
+                [*self.prefix, sys.executable, "-m", "switch.cli", "run", "-c",
+                 str(self.config_path), "--pid-file", str(self.pid_path)],
                 cwd=self.tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
         finally:
             log.close()
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             assert self.process is not None

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from media.bpf import BpfError
+from media.kernel import KernelPath
 from tests.daemon.conftest import require
 from tests.daemon.harness import (
     REPO,
@@ -157,3 +163,122 @@ def test_signal_stops_cleanly(daemon: Daemon, work: Path, sig: signal.Signals) -
     assert names[-2:] == ["draining", "stopped"], names
     assert not options_ok(daemon.sip_port, 0.5), "the SIP port must be closed"
     assert not daemon.pid_path.exists(), "the pid file is removed on exit"
+
+
+# -- under systemd (config/softswitch.service) ----------------------------------------
+
+
+def notifications(sock: socket.socket, until: str, timeout: float = 15.0) -> list[dict[str, str]]:
+    """sd_notify messages the daemon sent, up to the first that has the field `until`."""
+    got: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while not got or until not in got[-1]:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            raise AssertionError(f"no {until} within {timeout} s, got {got}") from None
+        got.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
+    return got
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_systemd_hears_ready_reloading_stopping_and_the_watchdog(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        daemon: Daemon = make_daemon(
+            lambda c: c.setdefault("media", {}).update(workers=1), start=False
+        )
+        daemon.env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"}
+        daemon.start(wait=False)
+        (ready,) = notifications(sock, "READY")
+        # READY means serving: SIP and HTTP answer at once (what `systemctl start` waits for).
+        assert options_ok(daemon.sip_port, 0.5)
+        assert daemon.metric("softswitch_calls_active") == 0
+        assert ready["STATUS"] == "running: 2 SIP listeners, 0 bindings", ready
+        daemon.wait_ready()
+        pings: list[dict[str, str]] = []
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            pings += notifications(sock, "WATCHDOG", timeout=1.0)
+        assert len(pings) >= 3 and all(p == {"WATCHDOG": "1"} for p in pings), pings
+
+        daemon.signal(signal.SIGHUP)
+        got = [m for m in notifications(sock, "READY") if "WATCHDOG" not in m]
+        assert [sorted(m) for m in got] == [["MONOTONIC_USEC", "RELOADING"], ["READY", "STATUS"]]
+        assert got[1]["STATUS"].startswith("running: reloaded, 2 tenants"), got
+
+        # A media worker is a child: it must not speak for the service nor feed its watchdog.
+        assert daemon.process is not None
+        (worker,) = children(daemon.process.pid)
+        environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+        assert not [v for v in environ if v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_"))]
+
+        daemon.signal(signal.SIGTERM)
+        stopping = notifications(sock, "STOPPING")[-1]
+        assert stopping["STATUS"].startswith("draining"), stopping
+        assert daemon.stop() == 0
+
+
+def test_the_unit_file_is_valid_for_systemd(tmp_path: Path) -> None:
+    require("systemd-analyze")
+    # The unit names the installed paths (/opt/softswitch, /etc/softswitch); point them here.
+    script = Path(sys.executable).parent / "softswitch"  # pip's console script, beside python
+    if not script.exists():
+        pytest.skip("softswitch is not installed in this environment")
+    lines = (REPO / "config" / "softswitch.service").read_text().splitlines()
+    unit = "\n".join(line for line in lines if not line.startswith("#"))
+    unit = unit.replace("/opt/softswitch/.venv/bin/softswitch", str(script))
+    unit = unit.replace("/opt/softswitch/README.md", str(REPO / "README.md"))
+    assert "/opt/softswitch" not in unit and f"ExecStart={script} run" in unit
+    path = tmp_path / "softswitch.service"
+    path.write_text(unit)
+    done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    # It names each line it cannot use (an unknown key, a bad value) and goes on.
+    assert "softswitch.service" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_capabilities_the_unit_grants_are_enough(make_daemon: Any) -> None:
+    # The unit runs the daemon with CAP_NET_ADMIN, CAP_BPF and CAP_NET_BIND_SERVICE only:
+    # with those, the SIP socket gets its full receive buffer and latched RTP goes through the
+    # kernel. (Root here, but with every other capability dropped, as the unit does.)
+    require("setpriv")
+    if os.geteuid() != 0:
+        pytest.skip("dropping to a capability set needs root")
+    caps = "+net_admin,+bpf,+net_bind_service"
+    daemon: Daemon = make_daemon(start=False)
+    daemon.prefix = ["setpriv", f"--bounding-set=-all,{caps}", f"--inh-caps=-all,{caps}", "--"]
+    daemon.start()
+    assert daemon.process is not None
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+    bounding = int(re.search(r"^CapBnd:\s+([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    assert bounding == (1 << 12) | (1 << 39) | (1 << 10)  # NET_ADMIN, BPF, NET_BIND_SERVICE
+    names = [e["event"] for e in daemon.events()]
+    assert "udp receive buffer smaller than configured" not in names, daemon.log
+    if kernel_forwarding_here():
+        assert daemon.events_named("media kernel forwarding"), daemon.log
+    assert daemon.stop() == 0
+
+
+def kernel_forwarding_here() -> bool:
+    """Whether this host gives kernel forwarding to a process with every capability."""
+    try:
+        KernelPath(address="127.0.0.1", capacity=2).close()
+    except (BpfError, OSError):
+        return False
+    return True
