@@ -48,18 +48,21 @@ _next_port = itertools.count(_first_port, PORT_STEP)
 
 
 def free_port(host: str = "127.0.0.1", *, both: bool = False) -> int:
-    """A port nobody listens on now: TCP, and with `both` also free for UDP.
+    """A port nobody listens on now: TCP, and with `both` also free for UDP, with the
+    next `PORT_STEP - 1` UDP ports (a sipp given P as its media port binds up to P+3).
 
     Ports go round `TEST_PORTS` so one test run does not hand the same port out twice
     while its last holder may still be closing, nor its neighbours.
     """
     for _ in range(200):
         port = TEST_PORTS[next(_next_port) % len(TEST_PORTS)]
-        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if both else (socket.SOCK_STREAM,)
+        binds = [(socket.SOCK_STREAM, port)]
+        if both:
+            binds += [(socket.SOCK_DGRAM, port + i) for i in range(PORT_STEP)]
         try:
-            for kind in kinds:
+            for kind, number in binds:
                 with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.bind((host, port))
+                    sock.bind((host, number))
         except OSError:
             continue
         return port
