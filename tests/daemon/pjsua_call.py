@@ -32,6 +32,7 @@ stream statistics: what a phone hears is checked with baresip.)
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -130,6 +131,8 @@ class Account(pj.Account):  # type: ignore[misc]
 
 
 def main() -> int:
+    # A crash, or the SIGABRT a test sends a phone that hangs, prints every thread's stack.
+    faulthandler.enable()
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", required=True, help="host:port of the softswitch")
     parser.add_argument("--local-port", type=int, required=True)

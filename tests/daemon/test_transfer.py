@@ -9,6 +9,7 @@ leg then shows the relay's counters of Alice and Carol after the transfer, both 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -62,6 +63,22 @@ def finish(process: subprocess.Popen[str], word: str | None = None) -> list[dict
     return lines(out)
 
 
+def said(*started: subprocess.Popen[str]) -> list[tuple[int | None, str]]:
+    """(exit code, output) of each phone, what a failure shows. One still running gets
+    SIGABRT first: its Python threads' stacks (faulthandler) show where it waits."""
+    found = []
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGABRT)
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        out, _ = process.communicate(timeout=10)
+        found.append((process.returncode, out))
+    return found
+
+
 def states(reports: list[dict[str, Any]]) -> list[str]:
     return [r["state"] for r in reports if "state" in r]
 
@@ -97,7 +114,10 @@ def transferred_call(
         alice = phone(daemon, work, "101", "--call", "sip:102@acme.example", "--talk", "30",
                       "--wait-word", *alice_does)  # fmt: skip
         with phones(alice):
-            event = transfer_event(daemon)
+            try:
+                event = transfer_event(daemon)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the phones: {said(alice, bob, carol)}") from None
             time.sleep(2.0)  # the phones talk through the relay
             alice_says = finish(alice, "hangup\n")
         bob_says, carol_says = finish(bob), finish(carol)
