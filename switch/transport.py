@@ -79,6 +79,14 @@ OnStreamError = Callable[[ParseError, Peer], None]
 OnSendError = Callable[[str], None]
 
 
+# What phones send over UDP to keep their NAT binding open: pjsua and many desk phones a CRLF
+# or two, some a few NUL bytes; they expect no answer (RFC 5626's CRLF ping/pong is for
+# streams: StreamFramer). Not a message: each one used to be logged and counted as a parse
+# error, a log line every 15 s per phone.
+KEEPALIVE_BYTES: Final = b"\r\n\0 "
+KEEPALIVE_MAX: Final = 8
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, on_message: OnMessage) -> None:
         self.on_message = on_message
@@ -89,6 +97,8 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if len(data) <= KEEPALIVE_MAX and not data.strip(KEEPALIVE_BYTES):
+            return  # a NAT keep-alive: a phone keeps its binding open, nothing to answer
         self.on_message(data, Peer("udp", str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:

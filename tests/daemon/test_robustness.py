@@ -63,6 +63,21 @@ def test_garbage_datagram_then_valid_register(daemon: Daemon, work: Path) -> Non
     assert daemon.registrations() == 1
 
 
+def test_udp_keepalives_are_not_malformed_messages(daemon: Daemon) -> None:
+    # pjsua sends "\r\n" every 15 s, others "\r\n\r\n" or NULs: no answer, no log, no error.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.5)
+        for ping in (b"\r\n", b"\r\n\r\n", b"\0\0\0\0", b""):
+            sock.sendto(ping, ("127.0.0.1", daemon.sip_port))
+        with pytest.raises(TimeoutError):
+            sock.recv(65535)
+        sock.sendto(b"\r\n\r\nBYE", ("127.0.0.1", daemon.sip_port))  # more than CRLFs
+    daemon.wait_metric("softswitch_sip_parse_errors_total", 1)
+    assert len(daemon.events_named("malformed message")) == 1
+    assert options_ok(daemon.sip_port, 1.0)
+
+
 def test_malformed_request_with_via_gets_400_naming_the_fault(daemon: Daemon) -> None:
     with SipClient(daemon.sip_port) as client:
         data, branch = client.build(
