@@ -268,6 +268,15 @@ class Daemon:
 
     @property
     def log(self) -> str:
+        """What the daemon printed so far, up to what it did before this was asked.
+
+        The daemon writes a loop turn's lines at the start of the next turn
+        (switch/logs.py LoopWriter), so the line of what a peer has just seen happen (a
+        BYE's 200 and the CCEventDisconnect of the same turn) may not be in the file yet
+        when the peer exits. An HTTP request first is a barrier: the daemon serves it in a
+        later turn, after those lines are written."""
+        if self.running:
+            self._metrics_text()
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def events(self) -> list[dict[str, Any]]:
