@@ -41,6 +41,7 @@ from media.stats import Addr
 
 EXACT = 3  # rank of a source equal to the SDP address and port
 EARLY_KEPT = 4  # sources remembered from before the SDP (a spray cannot grow the list)
+Early = tuple[Addr, int | None, float]  # a packet before the first SDP: source, SSRC, when
 
 
 def normalize(host: str, port: int) -> Addr | None:
@@ -98,7 +99,7 @@ class Latch:
         self._window_end: float | None = None
         self._rank = -1  # of `dest`; -1: nothing learned since the SDP address changed
         # (source, SSRC, when) of packets that came before the first SDP; None after it
-        self._early: list[tuple[Addr, int | None, float]] | None = []
+        self._early: list[Early] | None = []
 
     @property
     def learning(self) -> bool:
@@ -138,8 +139,8 @@ class Latch:
         if early:
             self._learn_early(early, time.monotonic() if now is None else now)
 
-    def _learn_early(self, early: list[tuple[Addr, int | None, float]], now: float) -> None:
-        recent = [packet for packet in early if now - packet[2] <= self._window]
+    def _learn_early(self, early: list[Early], now: float) -> None:
+        recent = self._recent(early, now)
         if not recent:
             return
         self._window_end = recent[0][2] + self._window  # the window began with the first
@@ -176,13 +177,15 @@ class Latch:
             return True
         return False
 
-    def _remember(
-        self, early: list[tuple[Addr, int | None, float]], addr: Addr, ssrc: int | None, now: float
-    ) -> None:
+    def _remember(self, early: list[Early], addr: Addr, ssrc: int | None, now: float) -> None:
         if early and now - early[0][2] > self._window:  # too old for an SDP that comes now
-            early[:] = [packet for packet in early if now - packet[2] <= self._window]
+            early[:] = self._recent(early, now)
         if len(early) < EARLY_KEPT and all(addr != known for known, _, _ in early):
             early.append((addr, ssrc, now))
+
+    def _recent(self, early: list[Early], now: float) -> list[Early]:
+        """The early packets an SDP that comes `now` may still learn from."""
+        return [packet for packet in early if now - packet[2] <= self._window]
 
     def _learn(self, addr: Addr, ssrc: int | None) -> bool:
         if self._want_ssrc is not None and ssrc != self._want_ssrc:

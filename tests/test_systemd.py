@@ -24,9 +24,13 @@ def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
         yield sock, path
 
 
+def parse(data: bytes) -> dict[str, str]:
+    """One sd_notify datagram: KEY=value lines."""
+    return dict(line.split("=", 1) for line in data.decode().split("\n"))
+
+
 def fields(sock: socket.socket) -> dict[str, str]:
-    lines = sock.recv(4096).decode().split("\n")
-    return dict(line.split("=", 1) for line in lines)
+    return parse(sock.recv(4096))
 
 
 def test_ready_reaches_the_socket_with_its_status(listener: tuple[socket.socket, str]) -> None:

@@ -31,6 +31,7 @@ from tests.daemon.harness import (
 )
 from tests.daemon.sipclient import SipClient, contacts
 from tests.daemon.sipp import run_sipp
+from tests.test_systemd import parse
 
 ALICE = ("101", "acme.example", USERS["101"])
 
@@ -178,7 +179,7 @@ def notifications(sock: socket.socket, until: str, timeout: float = 15.0) -> lis
             data = sock.recv(4096)
         except TimeoutError:
             raise AssertionError(f"no {until} within {timeout} s, got {got}") from None
-        got.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
+        got.append(parse(data))
     return got
 
 
